@@ -99,7 +99,7 @@ class ShardWriter:
         if self._tar is not None:
             self._tar.close()
         name = f"{self.split}-{len(self._shards):06d}.tar"
-        self._tar = tarfile.open(self.out_dir / name, "w", format=tarfile.USTAR_FORMAT)
+        self._tar = tarfile.open(self.out_dir / name, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self._shards.append(_ShardInfo(name))
         self._bytes = 0
 

@@ -1,0 +1,142 @@
+"""The LightningDataModule that streams a prepared dataset's shards to a solver."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from data.decode import FIELDS, SampleSpec
+from data.shardlist import split_shards
+from data.streams import EpochLoader, EvalStream, TrainStream
+from musicgen.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SolverData:
+    """What a solver needs from the data: rate, channels, crop length and batch fields.
+
+    Evaluation uses deterministic crops (``eval_crop``: ``start``, ``center`` or ``none`` for
+    whole files) of ``eval_segment_seconds`` (defaults to ``segment_seconds``).
+    """
+
+    sample_rate: int
+    channels: int
+    segment_seconds: float
+    fields: tuple[str, ...] = ("audio",)
+    eval_crop: str = "start"
+    eval_segment_seconds: float | None = None
+
+    def train_spec(self) -> SampleSpec:
+        return SampleSpec(self.sample_rate, self.channels, self.segment_seconds, tuple(self.fields), "random")
+
+    def eval_spec(self) -> SampleSpec:
+        seconds = None if self.eval_crop == "none" else (self.eval_segment_seconds or self.segment_seconds)
+        return SampleSpec(self.sample_rate, self.channels, seconds, tuple(self.fields), self.eval_crop)
+
+
+def check_fields(dataset: str, provides: Iterable[str], needs: Iterable[str], solver: str = "the solver") -> None:
+    """Fail early, in one sentence, when a dataset lacks a field the solver needs."""
+    unknown = set(provides) - set(FIELDS)
+    if unknown:
+        raise UserError(f"dataset {dataset} declares unknown fields {sorted(unknown)}; valid: {list(FIELDS)}")
+    missing = [f for f in needs if f not in provides]
+    if missing:
+        raise UserError(
+            f"{solver} needs {missing} but dataset={dataset} only provides {list(provides)}: "
+            "pick a dataset that has them"
+        )
+
+
+class MusicDataModule(L.LightningDataModule):
+    """Streams ``<root>/{train,valid,test}-*.tar`` as batch dicts (see ``data.streams``).
+
+    ``auto_prepare`` (``{"builder": "synth", **kwargs}``) builds a missing dataset on first use.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        provides: Sequence[str],
+        requirements: SolverData,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        shuffle_buffer: int = 256,
+        train_batches_per_epoch: int = 200,
+        seed: int = 0,
+        auto_prepare: dict | None = None,
+    ) -> None:
+        super().__init__()
+        check_fields(name, provides, requirements.fields)
+        self.name, self.root, self.requirements = name, Path(root), requirements
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
+        self.train_batches_per_epoch, self.seed = train_batches_per_epoch, seed
+        self.auto_prepare = dict(auto_prepare) if auto_prepare else None
+
+    def is_prepared(self) -> bool:
+        return (self.root / "index.json").exists()
+
+    def prepare_data(self) -> None:
+        """Build the dataset when it is missing and the config says how; runs on one process per node."""
+        if self.is_prepared():
+            return
+        if not self.auto_prepare:
+            raise UserError(
+                f"dataset {self.name} is not prepared at {self.root}: run python -m data.prepare {self.name} "
+                f"--out {self.root} (see README), or set dataset.root"
+            )
+        options = dict(self.auto_prepare)
+        builder = options.pop("builder")
+        log.info("dataset %s not found at %s: building it now (%s)", self.name, self.root, options)
+        importlib.import_module(f"data.prepare.{builder}").build(self.root, **options)
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self._trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, dataset: TrainStream | EvalStream) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            prefetch_factor=2 if self.num_workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> EpochLoader:
+        rank, world = self._rank()
+        step = self._trainer.global_step if self._trainer is not None else 0
+        stream = TrainStream(
+            split_shards(self.root, "train"),
+            self.requirements.train_spec(),
+            self.batch_size,
+            self.shuffle_buffer,
+            seed=self.seed + step,
+            rank=rank,
+            world_size=world,
+        )
+        return EpochLoader(self._loader(stream), self.train_batches_per_epoch)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """A finite loader over ``split`` with the solver's evaluation crops."""
+        rank, world = self._rank()
+        stream = EvalStream(
+            split_shards(self.root, split), self.requirements.eval_spec(), self.eval_batch_size, rank, world
+        )
+        return self._loader(stream)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")

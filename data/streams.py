@@ -1,0 +1,184 @@
+"""Iterable datasets over shards: an endless shuffled training stream and a finite evaluation stream.
+
+Both take the distributed ``rank`` and ``world_size`` explicitly (the DataModule reads them
+from the trainer) and the DataLoader worker from ``torch.utils.data.get_worker_info()``.
+
+* Training: the shard list is partitioned over the ``world_size * num_workers`` readers (when
+  there are fewer shards than readers every reader uses all of them), each reader cycles through
+  its shards endlessly in a new random order per pass, crops at random, and shuffles samples
+  in a buffer. Being endless, the loader is cut into epochs of a fixed number of batches
+  (:class:`EpochLoader`), so every rank runs the same number of steps.
+* Evaluation: every reader walks all shards in order and keeps the samples whose position ``i``
+  satisfies ``i % readers == reader``: each sample is seen exactly once across ranks and
+  workers, in a deterministic order.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from data.decode import SampleSpec, SkipSample, decode_sample
+from data.skips import SkipCounter
+from data.tar_reader import iter_tar_samples
+
+log = logging.getLogger(__name__)
+
+
+def _reader_index(rank: int, world_size: int) -> tuple[int, int]:
+    info = get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * workers + worker, world_size * workers
+
+
+def decoded_samples(
+    shards: Iterable[str],
+    spec: SampleSpec,
+    rng: np.random.Generator,
+    skips: SkipCounter,
+    keep: Callable[[int], bool] = lambda index: True,
+) -> Iterator[dict]:
+    """Read and decode the samples of ``shards``; bad ones are counted in ``skips`` and dropped.
+
+    ``keep(i)`` selects by the running position of the raw sample, before decoding.
+    """
+    position = 0
+    for shard in shards:
+        on_error = lambda reason, key, err, shard=shard: skips.skip(reason, shard, key, str(err))  # noqa: E731
+        for raw in iter_tar_samples(shard, on_error):
+            index, position = position, position + 1
+            if not keep(index):
+                continue
+            try:
+                sample = decode_sample(raw, spec, rng)
+            except SkipSample as skip:
+                skips.skip(skip.reason, shard, raw["__key__"], skip.detail)
+                continue
+            skips.read(sample["audio"].shape[-1] / spec.sample_rate)
+            yield sample
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack tensors of equal shape; keys, captions, notes and metadata stay per-item lists.
+
+    Whole-file evaluation batches with unequal lengths are zero-padded and get ``lengths``.
+    """
+    batch: dict = {"key": [s["key"] for s in samples], "meta": [s["meta"] for s in samples]}
+    lengths = [s["audio"].shape[-1] for s in samples]
+    longest = max(lengths)
+    for field in ("audio", "stems"):
+        if field in samples[0]:
+            batch[field] = torch.stack(
+                [torch.nn.functional.pad(s[field], (0, longest - s[field].shape[-1])) for s in samples]
+            )
+    if len(set(lengths)) > 1:
+        batch["lengths"] = torch.tensor(lengths)
+    for field in ("caption", "notes"):
+        if field in samples[0]:
+            batch[field] = [s[field] for s in samples]
+    return batch
+
+
+def batched(samples: Iterable[dict], batch_size: int, drop_last: bool) -> Iterator[dict]:
+    """Group samples into collated batches."""
+    bucket: list[dict] = []
+    for sample in samples:
+        bucket.append(sample)
+        if len(bucket) == batch_size:
+            yield collate(bucket)
+            bucket = []
+    if bucket and not drop_last:
+        yield collate(bucket)
+
+
+class TrainStream(IterableDataset):
+    """Endless stream of random-crop training batches (see the module docstring)."""
+
+    def __init__(
+        self,
+        shards: list[str],
+        spec: SampleSpec,
+        batch_size: int,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__()
+        if not shards:
+            raise ValueError("TrainStream needs at least one shard")
+        self.shards, self.spec, self.batch_size = list(shards), spec, batch_size
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.rank, self.world_size = rank, world_size
+        self.skips = SkipCounter()
+
+    def _endless_shards(self, mine: list[str], rng: random.Random) -> Iterator[str]:
+        while True:
+            before = self.skips.samples
+            order = list(mine)
+            rng.shuffle(order)
+            yield from order
+            if self.skips.samples == before:
+                raise RuntimeError(
+                    f"no usable sample in {len(mine)} shard(s) ({mine[0]} ...); "
+                    f"skipped: {self.skips.summary()}"
+                )
+
+    def __iter__(self) -> Iterator[dict]:
+        reader, readers = _reader_index(self.rank, self.world_size)
+        mine = self.shards[reader::readers] if len(self.shards) >= readers else self.shards
+        rng = random.Random(f"{self.seed}-{reader}")
+        np_rng = np.random.default_rng([self.seed, reader])
+        samples = decoded_samples(self._endless_shards(mine, rng), self.spec, np_rng, self.skips)
+        if self.shuffle_buffer > 1:
+            samples = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 32), rng=rng)(samples)
+        yield from batched(samples, self.batch_size, drop_last=True)
+
+
+class EvalStream(IterableDataset):
+    """Finite, deterministic stream in which each sample appears once across ranks and workers."""
+
+    def __init__(
+        self, shards: list[str], spec: SampleSpec, batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        super().__init__()
+        self.shards, self.spec, self.batch_size = list(shards), spec, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.skips = SkipCounter()
+
+    def __iter__(self) -> Iterator[dict]:
+        reader, readers = _reader_index(self.rank, self.world_size)
+        rng = np.random.default_rng(0)  # only used by crop="random", which evaluation should not use
+        samples = decoded_samples(
+            self.shards, self.spec, rng, self.skips, keep=lambda i: i % readers == reader
+        )
+        yield from batched(samples, self.batch_size, drop_last=False)
+
+
+class EpochLoader:
+    """Cuts an endless loader into epochs of exactly ``batches_per_epoch`` batches.
+
+    The underlying iterator (and its worker processes) lives across epochs, so the stream
+    continues where the previous epoch stopped.
+    """
+
+    def __init__(self, loader: Iterable[dict], batches_per_epoch: int) -> None:
+        if batches_per_epoch < 1:
+            raise ValueError(f"batches_per_epoch must be >= 1, got {batches_per_epoch}")
+        self.loader, self.batches_per_epoch = loader, batches_per_epoch
+        self._iterator: Iterator[dict] | None = None
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        for _ in range(self.batches_per_epoch):
+            yield next(self._iterator)
