@@ -74,34 +74,41 @@ class MusicDataModule(L.LightningDataModule):
         train_batches_per_epoch: int = 200,
         seed: int = 0,
         auto_prepare: dict | None = None,
+        prepare_command: str | None = None,
+        solver: str = "the solver",
     ) -> None:
         super().__init__()
-        check_fields(name, provides, requirements.fields)
+        check_fields(name, provides, requirements.fields, solver)
         self.name, self.root, self.requirements = name, Path(root), requirements
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
         self.train_batches_per_epoch, self.seed = train_batches_per_epoch, seed
         self.auto_prepare = dict(auto_prepare) if auto_prepare else None
+        self.prepare_command = prepare_command or f"python -m data.prepare {name} --out {root}"
 
     def is_prepared(self) -> bool:
         return (self.root / "index.json").exists()
+
+    def check_source(self) -> None:
+        """Fail fast when the dataset is neither prepared nor buildable automatically."""
+        if not self.is_prepared() and not self.auto_prepare:
+            raise UserError(
+                f"dataset {self.name} is not prepared at {self.root}: run `{self.prepare_command}` "
+                "or point dataset.root at a prepared copy"
+            )
 
     def prepare_data(self) -> None:
         """Build the dataset when it is missing and the config says how; runs on one process per node."""
         if self.is_prepared():
             return
-        if not self.auto_prepare:
-            raise UserError(
-                f"dataset {self.name} is not prepared at {self.root}: run python -m data.prepare {self.name} "
-                f"--out {self.root} (see README), or set dataset.root"
-            )
+        self.check_source()
         options = dict(self.auto_prepare)
         builder = options.pop("builder")
         log.info("dataset %s not found at %s: building it now (%s)", self.name, self.root, options)
         importlib.import_module(f"data.prepare.{builder}").build(self.root, **options)
 
     def _rank(self) -> tuple[int, int]:
-        trainer = self._trainer
+        trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _loader(self, dataset: TrainStream | EvalStream) -> DataLoader:
@@ -115,7 +122,7 @@ class MusicDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> EpochLoader:
         rank, world = self._rank()
-        step = self._trainer.global_step if self._trainer is not None else 0
+        step = self.trainer.global_step if self.trainer is not None else 0
         stream = TrainStream(
             split_shards(self.root, "train"),
             self.requirements.train_spec(),

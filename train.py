@@ -1,0 +1,51 @@
+"""Train a solver: ``python train.py solver=<name> dataset=<name> [overrides]``.
+
+The run directory is derived from the solver, the dataset and a hash of the overrides, so the
+same command resumes the same run from its ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from musicgen.errors import UserError
+from solvers.runtime import build_datamodule, build_trainer, last_checkpoint, register_resolvers
+
+log = logging.getLogger("train")
+register_resolvers()
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit the configured solver on the configured dataset; returns the final logged metrics."""
+    run_dir = Path(cfg.run.dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)  # checks dataset fields against the solver first
+    datamodule.check_source()
+    solver = instantiate(cfg.solver.module, _convert_="all")
+    trainer = build_trainer(cfg, run_dir)
+    ckpt = last_checkpoint(run_dir) if cfg.run.resume else None
+    if trainer.is_global_zero:
+        log.info("run %s in %s%s", cfg.run.name, run_dir, f" (resuming from {ckpt})" if ckpt else "")
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    trainer.fit(solver, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
