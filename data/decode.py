@@ -78,7 +78,7 @@ def _read_frames(audio: sf.SoundFile, start: int, frames: int, what: str) -> np.
         raise SkipSample("undecodable_audio", f"{what}: got {data.shape[0]} of {frames} frames")
     if not np.isfinite(data).all():
         raise SkipSample("non_finite", f"{what} contains NaN or Inf")
-    return data.T
+    return data.reshape(1, -1) if data.shape[1] == 1 else np.ascontiguousarray(data.T)
 
 
 def _crop_window(total: int, wanted: int, crop: str, rng: np.random.Generator) -> tuple[int, int]:

@@ -74,9 +74,10 @@ def collate(samples: list[dict]) -> dict:
     longest = max(lengths)
     for field in ("audio", "stems"):
         if field in samples[0]:
-            batch[field] = torch.stack(
-                [torch.nn.functional.pad(s[field], (0, longest - s[field].shape[-1])) for s in samples]
-            )
+            tensors = [s[field] for s in samples]
+            if len(set(lengths)) > 1:
+                tensors = [torch.nn.functional.pad(t, (0, longest - t.shape[-1])) for t in tensors]
+            batch[field] = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
     if len(set(lengths)) > 1:
         batch["lengths"] = torch.tensor(lengths)
     for field in ("caption", "notes"):
