@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,23 @@ def test_train_then_resume_in_the_same_run(toy_dataset: Path, tmp_path: Path) ->
     assert "resuming from" in result.stdout + result.stderr
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 7
     assert logged_steps(run_dir) == list(range(7))
+
+    cmd = [sys.executable, "evaluate.py", f"hydra.searchpath=[file://{TOY_CONF}]", "solver=toy", *common[:1],
+           f"paths.runs_dir={tmp_path}", f"checkpoint={run_dir}/checkpoints/last.ckpt", "loader.num_workers=0"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (eval_dir,) = (tmp_path / "eval").iterdir()
+    rows = json.loads((eval_dir / "results.json").read_text())["rows"]
+    assert rows[0]["split"] == "test" and 0 < rows[0]["test/l1"] < 1
+    assert "| toy | synth | test |" in (eval_dir / "results.md").read_text()
+
+
+def test_evaluate_names_a_missing_checkpoint(tmp_path: Path) -> None:
+    cmd = [sys.executable, "evaluate.py", f"hydra.searchpath=[file://{TOY_CONF}]", "solver=toy",
+           f"paths.runs_dir={tmp_path}", f"checkpoint={tmp_path}/nope.ckpt"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert f"checkpoint {tmp_path}/nope.ckpt does not exist" in result.stderr
 
 
 def test_mistyped_override_is_one_clear_error() -> None:
