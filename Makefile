@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?= datasets
 DEMO_OUT ?= outputs/demo
-SYSTEM_PACKAGES := fluidsynth fluid-soundfont-gm libsndfile1
+SYSTEM_PACKAGES := fluidsynth fluid-soundfont-gm libsndfile1 ffmpeg
 PYTEST_FLAGS ?=
 
 .PHONY: install system-packages demo test test-all lint bench clean

@@ -1,8 +1,9 @@
 """Evaluate a trained solver: ``python evaluate.py solver=<name> checkpoint=PATH dataset=<name>``.
 
 Runs the solver's test loop on ``split`` and writes ``results.{md,csv,json}`` in the run
-directory (``runs/eval/<solver>-<dataset>-<hash>``); solvers that define a paper table write it
-there too.
+directory (``runs/eval/<solver>-<dataset>-<hash>``). A solver with an ``evaluation_tables()``
+method (returning :class:`musicgen.tables.Table` objects, e.g. a paper's table with the
+published numbers beside ours) gets those written there too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig
 
 from musicgen.errors import UserError
-from musicgen.tables import write_tables
+from musicgen.tables import Table, write_tables
 from solvers.runtime import build_datamodule, register_resolvers
 
 log = logging.getLogger("evaluate")
@@ -49,11 +50,14 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     loader = datamodule.eval_dataloader(cfg.split)
     metrics = trainer.test(solver, dataloaders=loader)[0]
     rows = [{"solver": cfg.solver.name, "dataset": cfg.dataset.name, "split": cfg.split, **metrics}]
+    tables = [Table("results", f"{cfg.solver.name} on {cfg.dataset.name}/{cfg.split}", rows, f"checkpoint: {cfg.checkpoint}")]
+    if hasattr(solver, "evaluation_tables"):
+        tables += solver.evaluation_tables()
     if trainer.is_global_zero:
-        paths = write_tables(rows, cfg.run.dir, "results", title=f"{cfg.solver.name} on {cfg.dataset.name}/{cfg.split}",
-                             notes=f"checkpoint: {cfg.checkpoint}")
-        print(paths["md"].read_text())
-        log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+        for table in tables:
+            paths = write_tables(table.rows, cfg.run.dir, table.name, table.title, table.notes)
+            print(paths["md"].read_text())
+            log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return rows
 
 

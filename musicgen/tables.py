@@ -5,7 +5,18 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass
+class Table:
+    """A result table: ``rows`` are dicts keyed by column; ``notes`` go under the table."""
+
+    name: str
+    title: str
+    rows: list[dict] = field(default_factory=list)
+    notes: str = ""
 
 
 def _format(value: object) -> str:
