@@ -9,7 +9,6 @@ published numbers beside ours) gets those written there too.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -21,7 +20,7 @@ from omegaconf import DictConfig
 
 from musicgen.errors import UserError
 from musicgen.tables import Table, write_tables
-from solvers.runtime import build_datamodule, register_resolvers
+from solvers.runtime import build_datamodule, register_resolvers, run_entry
 
 log = logging.getLogger("evaluate")
 register_resolvers()
@@ -63,11 +62,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry(evaluate, cfg)
 
 
 if __name__ == "__main__":

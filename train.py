@@ -7,7 +7,6 @@ same command resumes the same run from its ``last.ckpt``.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -15,8 +14,13 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from musicgen.errors import UserError
-from solvers.runtime import build_datamodule, build_trainer, last_checkpoint, register_resolvers
+from solvers.runtime import (
+    build_datamodule,
+    build_trainer,
+    last_checkpoint,
+    register_resolvers,
+    run_entry,
+)
 
 log = logging.getLogger("train")
 register_resolvers()
@@ -40,11 +44,7 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        train(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry(train, cfg)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from lightning.pytorch.callbacks import (
 from omegaconf import DictConfig, OmegaConf
 
 from data.datamodule import MusicDataModule, SolverData
+from musicgen.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +113,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
 def last_checkpoint(run_dir: Path) -> Path | None:
     path = run_dir / "checkpoints" / "last.ckpt"
     return path if path.exists() else None
+
+
+def run_entry(task: Callable[[DictConfig], object], cfg: DictConfig) -> None:
+    """Run an entry point's task; a :class:`UserError` prints one ``error:`` line and exits with 2."""
+    try:
+        task(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
