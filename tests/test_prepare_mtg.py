@@ -18,12 +18,6 @@ BY_ID = {t.track_id: t for t in TRACKS}
 SPLIT_TSV = Path("data/splits/split-0")
 
 
-@pytest.fixture(autouse=True)
-def only_mtg(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Register only this preparer, so these tests do not depend on the other datasets' modules."""
-    monkeypatch.setattr(dispatcher, "PREPARERS", {"mtg": "data.prepare.mtg"})
-
-
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_mtg_copy(tmp_path_factory.mktemp("mtg-src"))
