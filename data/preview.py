@@ -25,7 +25,7 @@ from data.shardlist import split_shards  # noqa: E402
 from data.skips import SkipCounter  # noqa: E402
 from data.streams import decoded_samples  # noqa: E402
 from musicgen.errors import UserError  # noqa: E402
-from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START  # noqa: E402
+from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, crop_notes  # noqa: E402
 
 
 def plot_spectrogram_with_notes(audio: np.ndarray, rate: int, notes: np.ndarray, title: str, path: Path) -> None:
@@ -54,6 +54,7 @@ def plot_spectrogram_with_notes(audio: np.ndarray, rate: int, notes: np.ndarray,
         ax.plot([], [], color=colours(index % 10), label=name)
     if labels:
         ax.legend(loc="upper right", fontsize=8)
+    ax.set_xlim(0, len(audio) / rate)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("frequency (Hz)")
     ax.set_title(title)
@@ -81,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     audio = sample["audio"][0, : int(args.seconds * spec.sample_rate)].numpy()
-    notes = sample["notes"].numpy()
-    notes = notes[notes[:, START] < len(audio) / spec.sample_rate]
+    notes = crop_notes(sample["notes"].numpy(), 0.0, len(audio) / spec.sample_rate)
     name = sample["key"].replace("/", "_")
     sf.write(out / f"{name}.wav", audio, spec.sample_rate)
     plot_spectrogram_with_notes(audio, spec.sample_rate, notes, sample["caption"], out / f"{name}.png")

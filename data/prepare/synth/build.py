@@ -25,7 +25,7 @@ from data.prepare.synth.example import Example, ExampleSpec, init_worker, make_e
 from data.prepare.synth.render import find_soundfont, load_fluidsynth
 from data.shards import SPLITS, STEMS, ShardWriter, read_index
 
-DEFAULT_MINUTES = 12.0
+DEFAULT_MINUTES = 30.0
 DEFAULT_SEED = 0
 DEFAULT_SAMPLE_RATE = 32000
 EXPECTED_SECONDS = 22.0  # typical example duration, to size the batches
