@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +69,8 @@ def _open_audio(data: bytes, what: str) -> sf.SoundFile:
         raise SkipSample("undecodable_audio", f"{what}: {err}") from err
 
 
-def _read_frames(audio: sf.SoundFile, start: int, frames: int, what: str) -> np.ndarray:
+def _read_frames(audio: sf.SoundFile, start: int, frames: int, what: str) -> tuple[np.ndarray, float]:
+    """``frames`` frames from ``start`` as (channels, frames) float32, and their mean square."""
     try:
         audio.seek(start)
         data = audio.read(frames, dtype="float32", always_2d=True)
@@ -76,9 +78,11 @@ def _read_frames(audio: sf.SoundFile, start: int, frames: int, what: str) -> np.
         raise SkipSample("undecodable_audio", f"{what}: {err}") from err
     if data.shape[0] != frames:
         raise SkipSample("undecodable_audio", f"{what}: got {data.shape[0]} of {frames} frames")
-    if not np.isfinite(data).all():
+    flat = data.reshape(-1)
+    mean_square = float(np.dot(flat, flat)) / max(flat.size, 1)  # NaN/Inf anywhere make this non-finite
+    if not math.isfinite(mean_square):
         raise SkipSample("non_finite", f"{what} contains NaN or Inf")
-    return data.reshape(1, -1) if data.shape[1] == 1 else np.ascontiguousarray(data.T)
+    return (data.reshape(1, -1) if data.shape[1] == 1 else np.ascontiguousarray(data.T)), mean_square
 
 
 def _crop_window(total: int, wanted: int, crop: str, rng: np.random.Generator) -> tuple[int, int]:
@@ -114,6 +118,16 @@ def _metadata(raw: RawSample, required: bool) -> dict:
     return meta
 
 
+def wanted_members(spec: SampleSpec) -> Callable[[str], bool]:
+    """A filter on member extensions: only what ``spec`` decodes is read from the tar."""
+    wanted = {*AUDIO_EXTENSIONS, "json"}
+    if "notes" in spec.fields:
+        wanted.add("mid")
+    if "stems" in spec.fields:
+        wanted |= {f"{stem}.{ext}" for stem in STEMS for ext in AUDIO_EXTENSIONS}
+    return wanted.__contains__
+
+
 def decode_sample(raw: RawSample, spec: SampleSpec, rng: np.random.Generator) -> dict:
     """Turn a raw sample into ``{"key", "audio", ["stems"], ["notes"], ["caption"], "meta"}``.
 
@@ -126,8 +140,8 @@ def decode_sample(raw: RawSample, spec: SampleSpec, rng: np.random.Generator) ->
     native_rate = mix.samplerate
     wanted = round(spec.segment_seconds * native_rate) if spec.segment_seconds else mix.frames
     start, frames = _crop_window(mix.frames, wanted, spec.crop, rng)
-    mix_frames = _read_frames(mix, start, frames, f".{audio_ext}")
-    rms = float(np.sqrt(np.mean(np.square(mix_frames, dtype=np.float64))))
+    mix_frames, mean_square = _read_frames(mix, start, frames, f".{audio_ext}")
+    rms = math.sqrt(mean_square)
     if rms <= 10 ** (spec.silence_db / 20):
         level = 20 * math.log10(rms) if rms > 0 else -math.inf
         raise SkipSample("silent", f"mix RMS {level:.1f} dBFS")
@@ -147,7 +161,7 @@ def decode_sample(raw: RawSample, spec: SampleSpec, rng: np.random.Generator) ->
             stem_file = _open_audio(raw[ext], f".{ext}")
             if stem_file.frames != mix.frames or stem_file.samplerate != native_rate:
                 raise SkipSample("misaligned_stems", f".{ext} does not match the mix")
-            stems.append(to_tensor(_read_frames(stem_file, start, frames, f".{ext}")))
+            stems.append(to_tensor(_read_frames(stem_file, start, frames, f".{ext}")[0]))
         out["stems"] = torch.stack(stems)
     if "notes" in spec.fields:
         if "mid" not in raw:

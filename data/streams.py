@@ -24,7 +24,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from data.decode import SampleSpec, SkipSample, decode_sample
+from data.decode import SampleSpec, SkipSample, decode_sample, wanted_members
 from data.skips import SkipCounter
 from data.tar_reader import iter_tar_samples
 
@@ -49,9 +49,10 @@ def decoded_samples(
     ``keep(i)`` selects by the running position of the raw sample, before decoding.
     """
     position = 0
+    wanted = wanted_members(spec)
     for shard in shards:
         on_error = lambda reason, key, err, shard=shard: skips.skip(reason, shard, key, str(err))  # noqa: E731
-        for raw in iter_tar_samples(shard, on_error):
+        for raw in iter_tar_samples(shard, on_error, wanted):
             index, position = position, position + 1
             if not keep(index):
                 continue

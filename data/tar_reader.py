@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 import tarfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 RawSample = dict[str, bytes | str]
 
@@ -18,11 +19,14 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 def iter_tar_samples(
-    path: str, on_error: Callable[[str, str | None, Exception], None]
+    path: str,
+    on_error: Callable[[str, str | None, Exception], None],
+    wanted: Callable[[str], bool] | None = None,
 ) -> Iterator[RawSample]:
     """Yield ``{"__key__": key, "__shard__": path, ext: bytes, ...}`` for each sample of a tar shard.
 
-    Members of one sample must be consecutive (as WebDataset writes them). A shard that cannot
+    Members of one sample must be consecutive (as WebDataset writes them). Only members whose
+    extension passes ``wanted`` are read (the others are skipped by seeking). A shard that cannot
     be opened or ends early (truncated download, disk error) calls ``on_error(reason, key, err)``
     with reason ``unreadable_shard`` or ``truncated_tar``; the samples read before the damage
     are still yielded, the partial one is dropped.
@@ -30,28 +34,32 @@ def iter_tar_samples(
     key: str | None = None
     sample: RawSample = {}
     try:
-        stream = open(path, "rb")  # noqa: SIM115 - closed in the finally block
-    except OSError as err:
+        tar = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed in the finally block
+    except FileNotFoundError as err:
         on_error("unreadable_shard", None, err)
         return
+    except (tarfile.TarError, OSError) as err:
+        on_error("truncated_tar" if Path(path).exists() else "unreadable_shard", None, err)
+        return
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                member_key, ext = split_member_name(member.name)
-                fileobj = tar.extractfile(member)
-                data = fileobj.read() if fileobj is not None else b""
-                if len(data) != member.size:
-                    raise EOFError(f"member {member.name} is truncated")
-                if member_key != key:
-                    if sample:
-                        yield sample
-                    key, sample = member_key, {"__key__": member_key, "__shard__": path}
-                sample[ext] = data
+        while (member := tar.next()) is not None:
+            if not member.isfile():
+                continue
+            member_key, ext = split_member_name(member.name)
+            if member_key != key:
+                if sample:
+                    yield sample
+                key, sample = member_key, {"__key__": member_key, "__shard__": path}
+            if wanted is not None and not wanted(ext):
+                continue
+            fileobj = tar.extractfile(member)
+            data = fileobj.read() if fileobj is not None else b""
+            if len(data) != member.size:
+                raise EOFError(f"member {member.name} is truncated")
+            sample[ext] = data
         if sample:
             yield sample
     except (tarfile.TarError, EOFError, OSError) as err:
         on_error("truncated_tar", key, err)
     finally:
-        stream.close()
+        tar.close()
