@@ -9,4 +9,6 @@ from __future__ import annotations
 PREPARERS: dict[str, str] = {
     "synth": "data.prepare.synth",
     "mtg": "data.prepare.mtg",
+    "maestro": "data.prepare.maestro",
+    "slakh": "data.prepare.slakh",
 }

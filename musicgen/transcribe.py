@@ -1,0 +1,67 @@
+"""Transcribe audio to MIDI with an MT3 model: ``python -m musicgen.transcribe in.wav out.mid --checkpoint PATH``.
+
+``PATH`` is an exported model directory (``model.safetensors`` + ``config.json``), a ``.ckpt``
+of ``train.py solver=mt3``, or a ``.npz`` of an official MT3 checkpoint's t5x parameters.
+Any format ``soundfile`` reads works as input; it is resampled to 16 kHz mono.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import soundfile as sf
+
+from musicgen.errors import UserError
+from musicgen.transcription.transcriber import Transcriber
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m musicgen.transcribe", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("audio", type=Path, help="input audio file (WAV, FLAC, OGG, MP3, ...)")
+    parser.add_argument("midi", type=Path, help="output MIDI file")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="model to transcribe with")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="segments decoded together (default: 32)"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=1024,
+        help="most tokens per segment (default: 1024, MT3's)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if not args.audio.is_file():
+            raise UserError(f"audio file {args.audio} does not exist: pass the path of a recording")
+        try:
+            wav, rate = sf.read(str(args.audio), dtype="float32", always_2d=True)
+        except sf.SoundFileError as err:
+            raise UserError(f"cannot read {args.audio} ({err}): convert it to WAV or FLAC") from err
+        transcriber = Transcriber.from_checkpoint(
+            args.checkpoint,
+            device=args.device,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+        )
+        midi = transcriber.transcribe(wav.T, rate)
+        args.midi.parent.mkdir(parents=True, exist_ok=True)
+        midi.write(str(args.midi))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    notes = sum(len(inst.notes) for inst in midi.instruments)
+    print(f"wrote {notes} notes on {len(midi.instruments)} instruments to {args.midi}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
