@@ -1,7 +1,8 @@
 """Train a solver: ``python train.py solver=<name> dataset=<name> [overrides]``.
 
 The run directory is derived from the solver, the dataset and a hash of the overrides, so the
-same command resumes the same run from its ``last.ckpt``.
+same command resumes the same run from its ``last.ckpt``; a SLURM job requeued after preemption
+reruns the same command (``python train.py -m hydra/launcher=slurm cluster=<name> ...``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from solvers.cluster import check_cluster
+from solvers.preemption import remove_partial_checkpoints
 from solvers.runtime import (
     build_datamodule,
     build_trainer,
+    checkpoint_dir,
     last_checkpoint,
     register_resolvers,
     run_entry,
@@ -29,6 +33,7 @@ register_resolvers()
 def train(cfg: DictConfig) -> dict:
     """Fit the configured solver on the configured dataset; returns the final logged metrics."""
     run_dir = Path(cfg.run.dir)
+    check_cluster(cfg)  # trainer vs cluster config vs SLURM allocation, before anything heavy
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)  # checks dataset fields against the solver first
     datamodule.check_source()
@@ -36,7 +41,12 @@ def train(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, run_dir)
     ckpt = last_checkpoint(run_dir) if cfg.run.resume else None
     if trainer.is_global_zero:
-        log.info("run %s in %s%s", cfg.run.name, run_dir, f" (resuming from {ckpt})" if ckpt else "")
+        for partial in remove_partial_checkpoints(checkpoint_dir(run_dir)):
+            log.warning("removed %s, left by a checkpoint write that was killed", partial)
+        log.info(
+            "run %s in %s%s (world size %d)", cfg.run.name, run_dir,
+            f" (resuming from {ckpt})" if ckpt else "", trainer.world_size,
+        )
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer.fit(solver, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}

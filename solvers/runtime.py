@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
-from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -22,12 +21,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from data.datamodule import MusicDataModule, SolverData
 from musicgen.errors import UserError
+from solvers.cluster import cluster_value, rank_suffix, rank_zero_only
+from solvers.preemption import AtomicCheckpointIO, LastCheckpoint, cluster_plugins
 
 log = logging.getLogger(__name__)
 
 # Overrides that do not change what a run computes, so they keep the run name (and its resume):
-# where files go, how it is logged, and how long it trains.
-HASH_EXCLUDED_PREFIXES = ("hydra.", "paths.", "logger", "run.", "trainer.max_steps", "trainer.max_epochs")
+# where files go, how it is logged, how long it trains, and the scheduler's bookkeeping (queue,
+# time limit, memory, requeue budget). The process layout (cluster.nodes, cluster.tasks_per_node,
+# the cluster choice itself) does change the global batch, so it stays in the hash.
+HASH_EXCLUDED_PREFIXES = (
+    "hydra.", "paths.", "logger", "run.", "trainer.max_steps", "trainer.max_epochs",
+    "cluster.timeout_min", "cluster.partition", "cluster.account", "cluster.qos", "cluster.mem_gb",
+    "cluster.cpus_per_task", "cluster.signal_delay_s", "cluster.max_num_timeout",
+    "cluster.additional_parameters", "cluster.setup",
+)
 HASH_EXCLUDED_GROUPS = ("solver", "dataset", "logger")
 
 
@@ -45,12 +53,32 @@ def run_hash(overrides: Iterable[str]) -> str:
     return hashlib.sha1("\n".join(kept).encode()).hexdigest()[:8]
 
 
+def run_hash_resolver(*overrides: object) -> str:
+    """``${run_hash:}``: the hash of this run's task overrides as typed, read from Hydra without
+    resolving them, so an override that mentions ``${run.dir}`` (or ``${now:...}``) neither loops
+    nor changes the name. ``${run_hash:LIST}`` hashes the (resolved) LIST given."""
+    if overrides:
+        (given,) = overrides
+        return run_hash(list(given))
+    from hydra.core.hydra_config import HydraConfig
+
+    return run_hash(OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False))
+
+
 def register_resolvers() -> None:
-    """``${run_hash:...}`` and ``${env_missing:VAR}`` for the configs (idempotent)."""
-    if not OmegaConf.has_resolver("run_hash"):
-        OmegaConf.register_new_resolver("run_hash", lambda overrides: run_hash(list(overrides)))
-    if not OmegaConf.has_resolver("env_missing"):
-        OmegaConf.register_new_resolver("env_missing", lambda name: not os.environ.get(name))
+    """The configs' resolvers (idempotent): ``${run_hash:...}``, ``${env_missing:VAR}``,
+    ``${cluster:KEY}`` (a cluster value, checked against the trainer; see solvers/cluster.py),
+    ``${rank_suffix:}`` and ``${rank_zero_only:VALUE}`` (per-rank file names)."""
+    resolvers = {
+        "run_hash": run_hash_resolver,
+        "env_missing": lambda name: not os.environ.get(name),
+        "cluster": cluster_value,
+        "rank_suffix": rank_suffix,
+        "rank_zero_only": rank_zero_only,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def solver_data(cfg: DictConfig) -> SolverData:
@@ -75,50 +103,72 @@ def build_datamodule(cfg: DictConfig) -> MusicDataModule:
     )
 
 
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
-    """Checkpointing (by steps, and last.ckpt), learning-rate logging and the rich progress bar."""
-    top_k = cfg.checkpoint.save_top_k
+    """``last.ckpt`` (by steps, by wall-clock time, on preemption, at the end: one writer, see
+    :class:`solvers.preemption.LastCheckpoint`), the best ``checkpoint.save_top_k`` checkpoints by
+    the solver's monitor when asked, learning-rate logging, the progress bar, and ``cfg.callbacks``
+    (a dict of ``_target_`` nodes, e.g. ``+callbacks.ema._target_=...``).
+    """
+    dirpath = checkpoint_dir(run_dir)
     callbacks: list[Callback] = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="step{step:07d}",
-            auto_insert_metric_name=False,
+        LastCheckpoint(
+            dirpath / "last.ckpt",
             every_n_train_steps=cfg.checkpoint.every_n_train_steps,
-            save_last=True,
-            save_top_k=top_k,
-            monitor=cfg.solver.get("monitor") if top_k > 0 else None,
-            mode=cfg.solver.get("monitor_mode", "min"),
+            every_minutes=cfg.checkpoint.get("every_minutes"),
         ),
         LearningRateMonitor(logging_interval="step"),
         RichProgressBar(),
     ]
-    if cfg.checkpoint.get("every_minutes"):
+    if cfg.checkpoint.save_top_k > 0:
         callbacks.append(
             ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                filename="timed",
-                train_time_interval=timedelta(minutes=cfg.checkpoint.every_minutes),
-                save_top_k=1,
-                enable_version_counter=False,
+                dirpath=dirpath,
+                filename="step{step:07d}",
+                auto_insert_metric_name=False,
+                save_top_k=cfg.checkpoint.save_top_k,
+                monitor=cfg.solver.get("monitor"),
+                mode=cfg.solver.get("monitor_mode", "min"),
             )
         )
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        if "_target_" not in node:
+            raise UserError(f"callbacks.{name} has no _target_: give the callback class as callbacks.{name}._target_")
+        callbacks.append(instantiate(node, _convert_="all"))
     return callbacks
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    """The configured Trainer with atomic checkpoint writes and, under SLURM, Lightning's SLURM
+    environment with its auto-requeue off (submitit owns requeue: see solvers/preemption.py)."""
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    return instantiate(cfg.trainer, logger=logger, callbacks=build_callbacks(cfg, run_dir), default_root_dir=str(run_dir))
+    plugins = [AtomicCheckpointIO(), *cluster_plugins()]
+    return instantiate(
+        cfg.trainer, logger=logger, callbacks=build_callbacks(cfg, run_dir), plugins=plugins,
+        default_root_dir=str(run_dir),
+    )
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    path = run_dir / "checkpoints" / "last.ckpt"
+    path = checkpoint_dir(run_dir) / "last.ckpt"
     return path if path.exists() else None
 
 
 def run_entry(task: Callable[[DictConfig], object], cfg: DictConfig) -> None:
-    """Run an entry point's task; a :class:`UserError` prints one ``error:`` line and exits with 2."""
+    """Run an entry point's task; a :class:`UserError` prints one ``error:`` line and exits with 2.
+
+    Inside a submitit job the error is raised instead: submitit records it as the job's result and
+    the submitting ``python train.py -m ...`` reports it (an exit would leave it waiting).
+    """
     try:
         task(cfg)
     except UserError as err:
+        if os.environ.get("SUBMITIT_EXECUTOR"):
+            raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
