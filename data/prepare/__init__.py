@@ -11,4 +11,5 @@ PREPARERS: dict[str, str] = {
     "mtg": "data.prepare.mtg",
     "maestro": "data.prepare.maestro",
     "slakh": "data.prepare.slakh",
+    "musiccaps": "data.prepare.musiccaps",
 }
