@@ -129,10 +129,11 @@ def wanted_members(spec: SampleSpec) -> Callable[[str], bool]:
 
 
 def decode_sample(raw: RawSample, spec: SampleSpec, rng: np.random.Generator) -> dict:
-    """Turn a raw sample into ``{"key", "audio", ["stems"], ["notes"], ["caption"], "meta"}``.
+    """Turn a raw sample into ``{"key", "audio", "start", ["stems"], ["notes"], ["caption"], "meta"}``.
 
     Audio is cut to the spec's segment (stems and notes at the same position), converted to the
-    spec's rate and channels. Raises :class:`SkipSample` for any unusable sample.
+    spec's rate and channels; ``start`` is the crop's start time in the file, in seconds. Raises
+    :class:`SkipSample` for any unusable sample.
     """
     meta = _metadata(raw, required="caption" in spec.fields)
     audio_ext = _audio_member(raw)
@@ -151,7 +152,12 @@ def decode_sample(raw: RawSample, spec: SampleSpec, rng: np.random.Generator) ->
         wav = convert_audio(torch.from_numpy(frames_array), native_rate, spec.sample_rate, spec.channels)
         return fit_length(wav, length)
 
-    out: dict = {"key": raw["__key__"], "audio": to_tensor(mix_frames), "meta": meta}
+    out: dict = {
+        "key": raw["__key__"],
+        "audio": to_tensor(mix_frames),
+        "start": start / native_rate,
+        "meta": meta,
+    }
     if "stems" in spec.fields:
         stems = []
         for stem in STEMS:

@@ -1,0 +1,116 @@
+"""All conditions of a batch as one prefix for the LM: text tokens, then melody frames.
+
+Dropping a condition (classifier-free guidance, melody dropout) zeroes its rows and clears their
+mask but keeps the prefix length P, so conditional and null rows of one batch line up.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from musicgen.conditioners.melody import MelodyConditioner
+from musicgen.conditioners.text import TextConditioner
+from musicgen.errors import UserError
+
+
+class ConditionProvider(nn.Module):
+    """``forward(captions, wav, stems, chroma, drop_text, drop_melody) -> (prefix, prefix_mask)``.
+
+    ``prefix`` is ``(B, P, dim)`` with P = text tokens + melody frames, ``prefix_mask`` ``(B, P)``
+    is True where a position carries a condition. A melody model called without ``wav`` or
+    ``chroma`` must have its melody dropped for every row: it then contributes
+    ``melody.duration_frames`` (or no) zero frames.
+    """
+
+    def __init__(
+        self, text: TextConditioner | None = None, melody: MelodyConditioner | None = None
+    ) -> None:
+        super().__init__()
+        if text is None and melody is None:
+            raise ValueError("ConditionProvider needs a text or a melody conditioner")
+        if text is not None and melody is not None and text.output_dim != melody.proj.out_features:
+            raise ValueError(
+                f"text and melody project to different widths ({text.output_dim} and "
+                f"{melody.proj.out_features})"
+            )
+        self.text, self.melody = text, melody
+
+    @property
+    def dim(self) -> int:
+        return self.text.output_dim if self.text is not None else self.melody.proj.out_features
+
+    def forward(
+        self,
+        captions: list[str | None],
+        wav: torch.Tensor | None = None,
+        stems: torch.Tensor | None = None,
+        chroma: torch.Tensor | None = None,
+        drop_text: torch.Tensor | None = None,
+        drop_melody: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = len(captions)
+        for name, value in (("drop_text", drop_text), ("drop_melody", drop_melody)):
+            if value is not None and value.shape != (batch,):
+                raise ValueError(f"{name} must have shape ({batch},), got {tuple(value.shape)}")
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if self.text is not None:
+            emb, mask = self.text(captions)
+            if drop_text is not None:
+                keep = ~drop_text.to(device=mask.device, dtype=torch.bool)[:, None]
+                emb, mask = emb * keep[..., None], mask & keep
+            parts.append((emb, mask))
+        if self.melody is not None:
+            parts.append(self._melody(batch, wav, stems, chroma, drop_melody))
+        prefix = torch.cat([emb for emb, _ in parts], dim=1)
+        return prefix, torch.cat([mask for _, mask in parts], dim=1)
+
+    def _melody(
+        self,
+        batch: int,
+        wav: torch.Tensor | None,
+        stems: torch.Tensor | None,
+        chroma: torch.Tensor | None,
+        drop: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        melody = self.melody
+        assert melody is not None
+        if wav is None and chroma is None:
+            if drop is None or not bool(drop.all()):
+                raise UserError(
+                    "this model is melody-conditioned: pass a melody (or drop it for every item)"
+                )
+            weight = melody.proj.weight
+            frames = melody.duration_frames or 0
+            return (
+                weight.new_zeros(batch, frames, melody.proj.out_features),
+                torch.zeros(batch, frames, dtype=torch.bool, device=weight.device),
+            )
+        size = (wav if chroma is None else chroma).shape[0]
+        if size != batch:
+            raise ValueError(f"{batch} captions but a melody batch of {size}")
+        return melody(wav, stems, chroma, drop)
+
+    def null(
+        self,
+        captions: list[str | None],
+        wav: torch.Tensor | None = None,
+        stems: torch.Tensor | None = None,
+        chroma: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The null condition of the same batch: every condition dropped, same P."""
+        every = torch.ones(len(captions), dtype=torch.bool)
+        return self(captions, wav, stems, chroma, drop_text=every, drop_melody=every)
+
+    @staticmethod
+    def cfg_dropout(
+        batch_size: int, p_all: float, p_melody: float, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-item ``(drop_text, drop_melody)``: all conditions dropped together with ``p_all``,
+        the melody additionally with ``p_melody``."""
+        for name, p in (("p_all", p_all), ("p_melody", p_melody)):
+            if not 0.0 <= p <= 1.0:
+                raise UserError(f"{name} must be a probability in [0, 1], got {p}")
+        draws = torch.rand(2, batch_size, generator=generator)
+        drop_all = draws[0] < p_all
+        return drop_all, drop_all | (draws[1] < p_melody)
