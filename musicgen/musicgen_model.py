@@ -1,0 +1,277 @@
+"""Text (and melody) to music: ``MusicGen.from_checkpoint(path).generate(["a calm chorale"])``.
+
+A :class:`MusicGen` is a frozen codec (:class:`~musicgen.compression.CompressionModel`), a
+:class:`~musicgen.lm.MusicLM` over the codec's first ``n_q`` codebooks, and the condition
+provider that turns captions (and, for melody models, the chromagram of a stemmed melody) into
+the prefix prepended to the decoder input. ``solvers.musicgen.MusicGenSolver`` trains one as
+its ``model``; its checkpoints hold everything needed to rebuild it here, without Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from musicgen.audio import convert_audio
+from musicgen.compression import CodecConfig, CompressionModel
+from musicgen.conditioners.chroma import ChromaExtractor
+from musicgen.conditioners.melody import MelodyConditioner
+from musicgen.conditioners.provider import ConditionProvider
+from musicgen.conditioners.stemmers import STEMS, build_stemmer
+from musicgen.conditioners.text import TextConditioner
+from musicgen.errors import UserError
+from musicgen.lm import LMConfig, MusicLM
+
+SOLVER_PREFIX = "model."  # parameter prefix of the model inside solvers.musicgen.MusicGenSolver
+EMA_PREFIX = "ema."  # the solver's EMA shadows: "ema.<name with / for .>"
+GENERATION = {"cfg_coef": 3.0, "temperature": 1.0, "top_k": 250, "top_p": 0.0, "use_cache": True}
+
+
+def build_conditions(
+    dim: int, sample_rate: int, text: dict | None, melody: dict | None
+) -> ConditionProvider:
+    """The condition provider: ``text`` holds :class:`TextConditioner` arguments (None: no text),
+    ``melody`` the :class:`MelodyConditioner` ones plus ``stemmer`` (its kind: demucs, oracle or
+    none) and ``stemmers`` (options per kind, e.g. ``{demucs: {name, repo}}``); None: no melody."""
+    text_conditioner = TextConditioner(output_dim=dim, **text) if text is not None else None
+    melody_conditioner = None
+    if melody is not None:
+        options = dict(melody)
+        kind = options.pop("stemmer", "none")
+        stemmer = build_stemmer(kind, **dict(options.pop("stemmers", None) or {}).get(kind, {}))
+        melody_conditioner = MelodyConditioner(
+            output_dim=dim, sample_rate=sample_rate, stemmer=stemmer, **options
+        )
+    return ConditionProvider(text_conditioner, melody_conditioner)
+
+
+def fit_melody(wav: torch.Tensor, length: int) -> torch.Tensor:
+    """Crop ``wav (..., T)`` to ``length`` samples, or repeat it until it is that long."""
+    if wav.shape[-1] == 0:
+        raise UserError("the melody is empty: pass an audio file with some content")
+    repeats = math.ceil(length / wav.shape[-1])
+    return wav.repeat(*([1] * (wav.dim() - 1)), repeats)[..., :length]
+
+
+class MusicGen(nn.Module):
+    """Frozen codec + language model + condition provider (see the module docstring).
+
+    ``text`` and ``melody`` are the settings the conditions were built from (kept so a
+    checkpoint can rebuild them); the codec stays frozen and in eval mode.
+    """
+
+    def __init__(
+        self,
+        codec: CompressionModel,
+        lm: MusicLM,
+        conditions: ConditionProvider,
+        text: dict | None = None,
+        melody: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if lm.config.n_q > codec.num_codebooks or lm.config.card != codec.cardinality:
+            raise UserError(
+                f"the LM models {lm.config.n_q} codebooks of {lm.config.card} but the codec has "
+                f"{codec.num_codebooks} of {codec.cardinality}: set lm.n_q <= {codec.num_codebooks} "
+                f"and lm.card = {codec.cardinality}"
+            )
+        self.codec = codec.eval().requires_grad_(False)
+        self.lm = lm
+        self.conditions = conditions
+        self.settings = {"text": text, "melody": melody}
+
+    @classmethod
+    def build(
+        cls, codec: CompressionModel, lm: dict, text: dict | None, melody: dict | None
+    ) -> MusicGen:
+        """A new model on ``codec``; ``lm`` holds :class:`LMConfig` fields (``card`` defaults to
+        the codec's codebook size)."""
+        config = LMConfig.from_dict({"card": codec.cardinality, **lm})
+        conditions = build_conditions(config.dim, codec.sample_rate, text, melody)
+        return cls(codec, MusicLM(config), conditions, text, melody)
+
+    def train(self, mode: bool = True) -> MusicGen:
+        super().train(mode)
+        self.codec.eval()
+        return self
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return self.codec.channels
+
+    @property
+    def frame_rate(self) -> float:
+        return self.codec.frame_rate
+
+    @property
+    def has_melody(self) -> bool:
+        return self.conditions.melody is not None
+
+    @torch.no_grad()
+    def tokens(self, wav: torch.Tensor) -> torch.Tensor:
+        """Codes ``(B, n_q, frames)`` of ``wav (B, C, T)`` from the frozen codec."""
+        return self.codec.encode(wav, self.lm.config.n_q)
+
+    def chroma(self, wav: torch.Tensor) -> torch.Tensor:
+        """Chromagram ``(B, F, n_chroma)`` of ``wav (B, C, T)`` as the melody condition sees it
+        (without stemming); defaults to 12 bins, window 2^14, hop 2^12 for text-only models."""
+        melody = self.conditions.melody
+        extractor = melody.chroma if melody is not None else ChromaExtractor(self.sample_rate)
+        return extractor.to(wav.device)(wav)
+
+    def melody_chroma(self, wav: torch.Tensor, stems: torch.Tensor | None = None) -> torch.Tensor:
+        """The melody condition's chromagram ``(B, F, n_chroma)``: of the stemmed ``wav``."""
+        melody = self.conditions.melody
+        if melody is None:
+            raise UserError("this model has no melody conditioning: use a musicgen_melody model")
+        return melody.extract(wav, stems)
+
+    def melody_as_stems(self, wav: torch.Tensor) -> torch.Tensor | None:
+        """``wav (B, C, T)`` as the stems an ``oracle`` model keeps (``None`` for other stemmers):
+        a melody given at inference is already the separated melody."""
+        if (self.settings["melody"] or {}).get("stemmer") != "oracle":
+            return None
+        stems = wav.new_zeros(wav.shape[0], len(STEMS), *wav.shape[1:])
+        stems[:, STEMS.index("other")] = wav
+        return stems
+
+    def prepare_melody(
+        self, melody: torch.Tensor, melody_sr: int | None, length: int, batch: int
+    ) -> torch.Tensor:
+        """``melody (C, T)`` or ``(B, C, T)`` at ``melody_sr`` -> ``(batch, channels, length)``."""
+        if not self.has_melody:
+            raise UserError(
+                "this model has no melody conditioning: leave out the melody or use a "
+                "musicgen_melody checkpoint"
+            )
+        if melody.dim() == 2:
+            melody = melody[None]
+        if melody.dim() != 3 or melody.shape[0] not in (1, batch):
+            raise UserError(
+                f"melody must be (channels, time) or ({batch}, channels, time), got {tuple(melody.shape)}"
+            )
+        rate = melody_sr or self.sample_rate
+        items = [convert_audio(m, rate, self.sample_rate, self.channels) for m in melody.float()]
+        wav = fit_melody(torch.stack(items), length)
+        return wav.expand(batch, -1, -1) if wav.shape[0] != batch else wav
+
+    def condition(
+        self,
+        texts: list[str | None],
+        length: int,
+        melody: torch.Tensor | None = None,
+        stems: torch.Tensor | None = None,
+        drop: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix ``(B, P, dim)`` and mask of ``texts`` (and ``melody``, ``length`` samples);
+        ``drop`` gives the null condition of the same shape (every condition dropped), for
+        classifier-free guidance. A melody model without melody gets the dropped melody."""
+        size = len(texts)
+        all_rows = torch.ones(size, dtype=torch.bool, device=self._device)
+        no_rows = torch.zeros_like(all_rows)
+        melody_inputs = {}
+        if self.has_melody:
+            melody_inputs["drop_melody"] = all_rows if drop or melody is None else no_rows
+            if melody is None:
+                conditioner = self.conditions.melody
+                frames = conditioner.num_frames(length)
+                melody_inputs["chroma"] = torch.zeros(size, frames, conditioner.n_chroma)
+            else:
+                melody_inputs |= {"wav": melody, "stems": stems}
+        return self.conditions(
+            list(texts), drop_text=all_rows if drop else no_rows, **melody_inputs
+        )
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    @torch.no_grad()
+    def generate(
+        self,
+        texts: list[str | None],
+        melody: torch.Tensor | None = None,
+        melody_sr: int | None = None,
+        duration: float = 8.0,
+        melody_stems: torch.Tensor | None = None,
+        cfg_coef: float = 3.0,
+        temperature: float = 1.0,
+        top_k: int = 250,
+        top_p: float = 0.0,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Audio ``(B, channels, duration * sample_rate)`` for the captions ``texts``.
+
+        ``melody`` (melody models only) is cropped or repeated to ``duration``; ``melody_stems``
+        ``(B, S, C, T)`` at the model's rate are what the ``oracle`` stemmer keeps from.
+        ``cfg_coef`` 1 (or 0) turns classifier-free guidance off; ``temperature`` 0 is greedy.
+        """
+        if duration <= 0:
+            raise UserError(f"duration must be positive, got {duration}")
+        if not texts:
+            raise UserError("give at least one text (an empty string for no caption)")
+        length = round(duration * self.sample_rate)
+        device = self._device
+        wav = stems = None
+        if melody is not None:
+            wav = self.prepare_melody(melody, melody_sr, length, len(texts)).to(device)
+            if melody_stems is not None:
+                stems = fit_melody(melody_stems.float(), length).to(device)
+        prefix, mask = self.condition(texts, length, wav, stems)
+        null_prefix = null_mask = None
+        if cfg_coef not in (0.0, 1.0):
+            null_prefix, null_mask = self.condition(texts, length, wav, stems, drop=True)
+        codes = self.lm.generate(
+            prefix,
+            mask,
+            null_prefix,
+            null_mask,
+            num_frames=math.ceil(length / self.codec.config.hop_length),
+            cfg_coef=cfg_coef if null_prefix is not None else 1.0,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            use_cache=use_cache,
+            generator=generator,
+            progress=progress,
+        )
+        return self.codec.decode(codes, length)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", ema: bool = True) -> MusicGen:
+        """Rebuild the model of a ``train.py`` checkpoint of ``solver=musicgen``/``musicgen_melody``
+        (read with ``weights_only=True``), with its EMA weights when it has them and ``ema``."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(
+                f"checkpoint {path} does not exist: pass <run dir>/checkpoints/last.ckpt of train.py solver=musicgen"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            hparams, weights = state["hyper_parameters"], state["state_dict"]
+            codec = CompressionModel(CodecConfig.from_dict(hparams["codec"]))
+            model = cls.build(codec, hparams["lm"], hparams.get("text"), hparams.get("melody"))
+        except (KeyError, TypeError) as err:
+            raise UserError(
+                f"{path} is not a checkpoint of train.py solver=musicgen (missing {err}): pass one of its .ckpt files"
+            ) from err
+        own = {
+            k[len(SOLVER_PREFIX) :]: v for k, v in weights.items() if k.startswith(SOLVER_PREFIX)
+        }
+        if ema:
+            own |= {
+                k[len(EMA_PREFIX) :].replace("/", "."): v
+                for k, v in weights.items()
+                if k.startswith(EMA_PREFIX)
+            }
+        model.load_state_dict(own)
+        return model.to(device).eval()
