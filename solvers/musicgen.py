@@ -476,7 +476,7 @@ class MusicGenSolver(L.LightningModule):
     def evaluation_tables(self) -> list[Table]:
         """The MusicGen paper's Table 1 layout (after ``trainer.test``): ours, with the melody
         and (melody models) the no-melody control, then the published MusicGen rows."""
-        embedder = self.evaluation["fad_embedder"]
+        embedder = self.embedder.name
         weights = "EMA weights" if self.ema is not None else "weights"
         references = int(self._sums["items:reference"].item())
         rows = []

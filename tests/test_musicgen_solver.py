@@ -315,6 +315,7 @@ def test_evaluation_table_matches_an_independent_fad(assets: dict) -> None:
     ]
     assert table.rows[2:] == PAPER_ROWS
     assert all(row["n"] == "2 generated / 2 reference" for row in ours)
+    assert all(row["FAD model"].startswith("crepe-tiny") for row in ours)
     assert all(row["KL"] is None and row["CLAP_scr"] is None for row in ours)
     assert "not computed" in table.notes and "Table 1" in table.notes
     assert all(0.0 <= row["Cos"] <= 1.0 for row in ours)
