@@ -116,8 +116,16 @@ class MusicGen(nn.Module):
 
     @torch.no_grad()
     def tokens(self, wav: torch.Tensor) -> torch.Tensor:
-        """Codes ``(B, n_q, frames)`` of ``wav (B, C, T)`` from the frozen codec."""
-        return self.codec.encode(wav, self.lm.config.n_q)
+        """Codes ``(B, n_q, frames)`` of ``wav (B, C, T)`` from the frozen codec (in float32,
+        also under mixed precision)."""
+        with torch.autocast(wav.device.type, enabled=False):
+            return self.codec.encode(wav.float(), self.lm.config.n_q)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, length: int) -> torch.Tensor:
+        """Float32 audio ``(B, C, length)`` of ``codes (B, n_q, frames)``."""
+        with torch.autocast(codes.device.type, enabled=False):
+            return self.codec.decode(codes, length).float()
 
     def chroma(self, wav: torch.Tensor) -> torch.Tensor:
         """Chromagram ``(B, F, n_chroma)`` of ``wav (B, C, T)`` as the melody condition sees it
@@ -244,7 +252,7 @@ class MusicGen(nn.Module):
             generator=generator,
             progress=progress,
         )
-        return self.codec.decode(codes, length)
+        return self.decode(codes, length)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", ema: bool = True) -> MusicGen:

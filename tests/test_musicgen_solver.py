@@ -367,3 +367,18 @@ def test_text_only_model_refuses_a_melody(assets: dict) -> None:
     assert wav.shape == (1, 1, RATE // 4)
     with pytest.raises(UserError, match="no melody conditioning"):
         solver.model.generate(["calm"], torch.zeros(1, RATE), RATE, 0.25)
+
+
+def test_mixed_precision_training_and_generation(assets: dict) -> None:
+    """bf16 autocast (the GPU trainer's precision) on CPU: tokens and audio stay float32."""
+    batch = tone_batch()
+    solver = make_solver(assets)
+    run = trainer(max_steps=2, precision="bf16-mixed", limit_val_batches=1)
+    run.fit(solver, DataLoader(Repeat(batch), batch_size=None))
+    run.validate(solver, DataLoader([batch], batch_size=None), verbose=False)
+    assert torch.isfinite(run.callback_metrics["valid/ce"])
+    assert 0.0 <= run.callback_metrics["valid/chroma_cos_melody"].item() <= 1.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(solver.model.tokens(batch["audio"]), solver.model.tokens(batch["audio"]))
+        wav = solver.model.generate(batch["caption"], duration=0.25, top_k=5)
+    assert wav.dtype == torch.float32 and wav.shape == (2, 1, RATE // 4)
