@@ -7,8 +7,17 @@ DATA ?= datasets
 DEMO_OUT ?= outputs/demo
 SYSTEM_PACKAGES := fluidsynth fluid-soundfont-gm libsndfile1 ffmpeg
 PYTEST_FLAGS ?=
+RUNS ?= runs
+# One torch thread per process: on small shared CPUs two threads are several times slower.
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+# Demo runs log to CSV (no W&B account needed) under fixed run names.
+DEMO_RUN := $(PY) train.py paths.data_dir=$(DATA) paths.runs_dir=$(RUNS) logger=csv
+DEMO_EVAL := $(PY) evaluate.py paths.data_dir=$(DATA) paths.runs_dir=$(RUNS)
+CODEC_CKPT := $(RUNS)/demo-compression/checkpoints/last.ckpt
+MT3_CKPT := $(RUNS)/demo-mt3/checkpoints/last.ckpt
 
-.PHONY: install system-packages demo test test-all lint bench clean
+.PHONY: install system-packages demo demo-data demo-compression demo-mt3 test test-all lint bench clean
 
 install: system-packages $(STAMP)
 
@@ -30,11 +39,22 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# The main job on the embedded default: build the synthetic dataset, inspect it, preview a sample.
-demo: install
+# The main job on the embedded default (about 20 minutes on 2 cores): build the synthetic dataset,
+# inspect and preview it, then train and evaluate each solver's CPU-tiny preset on it.
+demo: demo-data demo-compression demo-mt3
+
+demo-data: install
 	@test -f $(DATA)/synth/index.json || $(PY) -m data.prepare synth --out $(DATA)/synth
 	$(PY) -m data.inspect "$(DATA)/synth/*.tar" --fields audio,stems,notes,caption
 	$(PY) -m data.preview $(DATA)/synth --out $(DEMO_OUT)
+
+demo-compression: demo-data
+	$(DEMO_RUN) experiment=compression_tiny run.name=demo-compression
+	$(DEMO_EVAL) solver=compression experiment=compression_tiny checkpoint=$(CODEC_CKPT)
+
+demo-mt3: demo-data
+	$(DEMO_RUN) experiment=mt3_tiny run.name=demo-mt3
+	$(DEMO_EVAL) solver=mt3 experiment=mt3_tiny checkpoint=$(MT3_CKPT)
 
 test: install
 	$(PY) -m pytest $(PYTEST_FLAGS)
@@ -48,6 +68,9 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/data_throughput.py
+	$(PY) benchmarks/compression.py
+	$(PY) benchmarks/transcription.py
+	$(PY) benchmarks/scaling.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

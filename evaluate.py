@@ -30,7 +30,9 @@ def load_solver(cfg: DictConfig) -> L.LightningModule:
     """Instantiate the configured solver and load the checkpoint's weights into it."""
     path = Path(cfg.checkpoint)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: pass checkpoint=<run dir>/checkpoints/last.ckpt")
+        raise UserError(
+            f"checkpoint {path} does not exist: pass checkpoint=<run dir>/checkpoints/last.ckpt"
+        )
     solver = instantiate(cfg.solver.module, _convert_="all")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" not in state:
@@ -45,11 +47,20 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     datamodule = build_datamodule(cfg)
     datamodule.check_source()
     solver = load_solver(cfg)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[RichProgressBar()], default_root_dir=cfg.run.dir)
+    trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[RichProgressBar()], default_root_dir=cfg.run.dir
+    )
     loader = datamodule.eval_dataloader(cfg.split)
     metrics = trainer.test(solver, dataloaders=loader)[0]
     rows = [{"solver": cfg.solver.name, "dataset": cfg.dataset.name, "split": cfg.split, **metrics}]
-    tables = [Table("results", f"{cfg.solver.name} on {cfg.dataset.name}/{cfg.split}", rows, f"checkpoint: {cfg.checkpoint}")]
+    tables = [
+        Table(
+            "results",
+            f"{cfg.solver.name} on {cfg.dataset.name}/{cfg.split}",
+            rows,
+            f"checkpoint: {cfg.checkpoint}",
+        )
+    ]
     if hasattr(solver, "evaluation_tables"):
         tables += solver.evaluation_tables()
     if trainer.is_global_zero:

@@ -44,8 +44,11 @@ def train(cfg: DictConfig) -> dict:
         for partial in remove_partial_checkpoints(checkpoint_dir(run_dir)):
             log.warning("removed %s, left by a checkpoint write that was killed", partial)
         log.info(
-            "run %s in %s%s (world size %d)", cfg.run.name, run_dir,
-            f" (resuming from {ckpt})" if ckpt else "", trainer.world_size,
+            "run %s in %s%s (world size %d)",
+            cfg.run.name,
+            run_dir,
+            f" (resuming from {ckpt})" if ckpt else "",
+            trainer.world_size,
         )
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer.fit(solver, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)

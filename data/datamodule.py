@@ -35,18 +35,30 @@ class SolverData:
     eval_segment_seconds: float | None = None
 
     def train_spec(self) -> SampleSpec:
-        return SampleSpec(self.sample_rate, self.channels, self.segment_seconds, tuple(self.fields), "random")
+        return SampleSpec(
+            self.sample_rate, self.channels, self.segment_seconds, tuple(self.fields), "random"
+        )
 
     def eval_spec(self) -> SampleSpec:
-        seconds = None if self.eval_crop == "none" else (self.eval_segment_seconds or self.segment_seconds)
-        return SampleSpec(self.sample_rate, self.channels, seconds, tuple(self.fields), self.eval_crop)
+        seconds = (
+            None
+            if self.eval_crop == "none"
+            else (self.eval_segment_seconds or self.segment_seconds)
+        )
+        return SampleSpec(
+            self.sample_rate, self.channels, seconds, tuple(self.fields), self.eval_crop
+        )
 
 
-def check_fields(dataset: str, provides: Iterable[str], needs: Iterable[str], solver: str = "the solver") -> None:
+def check_fields(
+    dataset: str, provides: Iterable[str], needs: Iterable[str], solver: str = "the solver"
+) -> None:
     """Fail early, in one sentence, when a dataset lacks a field the solver needs."""
     unknown = set(provides) - set(FIELDS)
     if unknown:
-        raise UserError(f"dataset {dataset} declares unknown fields {sorted(unknown)}; valid: {list(FIELDS)}")
+        raise UserError(
+            f"dataset {dataset} declares unknown fields {sorted(unknown)}; valid: {list(FIELDS)}"
+        )
     missing = [f for f in needs if f not in provides]
     if missing:
         raise UserError(
@@ -138,7 +150,11 @@ class MusicDataModule(L.LightningDataModule):
         """A finite loader over ``split`` with the solver's evaluation crops."""
         rank, world = self._rank()
         stream = EvalStream(
-            split_shards(self.root, split), self.requirements.eval_spec(), self.eval_batch_size, rank, world
+            split_shards(self.root, split),
+            self.requirements.eval_spec(),
+            self.eval_batch_size,
+            rank,
+            world,
         )
         return self._loader(stream)
 

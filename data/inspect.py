@@ -32,7 +32,11 @@ def inspect_shards(shards: list[str], spec: SampleSpec, show_progress: bool = Tr
     with Progress(transient=True, disable=not show_progress) as progress:
         task = progress.add_task("reading", total=None)
         for _ in samples:
-            progress.update(task, advance=1, description=f"read {skips.samples} skipped {sum(skips.skipped.values())}")
+            progress.update(
+                task,
+                advance=1,
+                description=f"read {skips.samples} skipped {sum(skips.skipped.values())}",
+            )
     wall = time.perf_counter() - started
     return {
         "shards": len(shards),
@@ -50,8 +54,15 @@ def print_report(report: dict, console: Console) -> None:
     table = Table(title="data.inspect")
     table.add_column("what")
     table.add_column("value", justify="right")
-    for key in ("shards", "samples_read", "samples_skipped", "audio_seconds", "wall_seconds",
-                "audio_seconds_per_second", "samples_per_second"):
+    for key in (
+        "shards",
+        "samples_read",
+        "samples_skipped",
+        "audio_seconds",
+        "wall_seconds",
+        "audio_seconds_per_second",
+        "samples_per_second",
+    ):
         table.add_row(key.replace("_", " "), str(report[key]))
     for reason, count in report["skipped_by_reason"].items():
         if count:
@@ -60,21 +71,39 @@ def print_report(report: dict, console: Console) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.inspect", description=__doc__.splitlines()[0])
-    parser.add_argument("pattern", help='shards, e.g. "datasets/synth/train-{000000..000003}.tar" or "datasets/synth/*.tar"')
-    parser.add_argument("--sample-rate", type=int, default=32000, help="decode at this rate (default 32000)")
+    parser = argparse.ArgumentParser(
+        prog="python -m data.inspect", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "pattern",
+        help='shards, e.g. "datasets/synth/train-{000000..000003}.tar" or "datasets/synth/*.tar"',
+    )
+    parser.add_argument(
+        "--sample-rate", type=int, default=32000, help="decode at this rate (default 32000)"
+    )
     parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--fields", default="audio", help=f"comma-separated, from {','.join(FIELDS)}")
-    parser.add_argument("--segment", type=float, default=None, help="crop seconds (default: whole files)")
+    parser.add_argument(
+        "--fields", default="audio", help=f"comma-separated, from {','.join(FIELDS)}"
+    )
+    parser.add_argument(
+        "--segment", type=float, default=None, help="crop seconds (default: whole files)"
+    )
     parser.add_argument("--quiet-skips", action="store_true", help="do not log each skipped sample")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if args.quiet_skips else logging.WARNING, format="%(message)s")
+    logging.basicConfig(
+        level=logging.ERROR if args.quiet_skips else logging.WARNING, format="%(message)s"
+    )
     try:
         spec = SampleSpec(
-            args.sample_rate, args.channels, args.segment, tuple(args.fields.split(",")),
+            args.sample_rate,
+            args.channels,
+            args.segment,
+            tuple(args.fields.split(",")),
             "start" if args.segment else "none",
         )
-        report = inspect_shards(expand_pattern(args.pattern), spec, show_progress=sys.stderr.isatty())
+        report = inspect_shards(
+            expand_pattern(args.pattern), spec, show_progress=sys.stderr.isatty()
+        )
     except (UserError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

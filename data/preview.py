@@ -28,15 +28,21 @@ from musicgen.errors import UserError  # noqa: E402
 from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, crop_notes  # noqa: E402
 
 
-def plot_spectrogram_with_notes(audio: np.ndarray, rate: int, notes: np.ndarray, title: str, path: Path) -> None:
+def plot_spectrogram_with_notes(
+    audio: np.ndarray, rate: int, notes: np.ndarray, title: str, path: Path
+) -> None:
     """Save a log-frequency power spectrogram of mono ``audio`` with ``notes`` drawn as lines."""
     n_fft, hop = 4096, 512
-    spec = torch.stft(torch.from_numpy(audio), n_fft, hop, window=torch.hann_window(n_fft), return_complex=True)
+    spec = torch.stft(
+        torch.from_numpy(audio), n_fft, hop, window=torch.hann_window(n_fft), return_complex=True
+    )
     db = 20 * np.log10(spec.abs().numpy() + 1e-6)
     freqs = np.fft.rfftfreq(n_fft, 1 / rate)
     times = np.arange(db.shape[1]) * hop / rate
     fig, ax = plt.subplots(figsize=(14, 6), dpi=100)
-    ax.pcolormesh(times, freqs[1:], db[1:], vmin=db.max() - 80, vmax=db.max(), cmap="magma", shading="auto")
+    ax.pcolormesh(
+        times, freqs[1:], db[1:], vmin=db.max() - 80, vmax=db.max(), cmap="magma", shading="auto"
+    )
     ax.set_yscale("log")
     ax.set_ylim(30, min(8000, rate / 2))
     colours = plt.get_cmap("tab10")
@@ -64,7 +70,9 @@ def plot_spectrogram_with_notes(audio: np.ndarray, rate: int, notes: np.ndarray,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.preview", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m data.preview", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("root", help="prepared dataset directory (with index.json)")
     parser.add_argument("--out", required=True, help="output folder for the WAV and PNG")
     parser.add_argument("--split", default="valid")
@@ -85,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     notes = crop_notes(sample["notes"].numpy(), 0.0, len(audio) / spec.sample_rate)
     name = sample["key"].replace("/", "_")
     sf.write(out / f"{name}.wav", audio, spec.sample_rate)
-    plot_spectrogram_with_notes(audio, spec.sample_rate, notes, sample["caption"], out / f"{name}.png")
+    plot_spectrogram_with_notes(
+        audio, spec.sample_rate, notes, sample["caption"], out / f"{name}.png"
+    )
     print(f"wrote {out / name}.wav and {out / name}.png: {sample['caption']}")
     return 0
 

@@ -20,9 +20,13 @@ def expand_pattern(pattern: str) -> list[str]:
         elif Path(expanded).exists():
             paths.append(expanded)
         else:
-            raise UserError(f"shard {expanded} does not exist: check the path or pattern {pattern!r}")
+            raise UserError(
+                f"shard {expanded} does not exist: check the path or pattern {pattern!r}"
+            )
     if not paths:
-        raise UserError(f"no shard matches {pattern!r}: check the path or prepare the dataset first")
+        raise UserError(
+            f"no shard matches {pattern!r}: check the path or prepare the dataset first"
+        )
     return paths
 
 
@@ -34,13 +38,19 @@ def split_shards(root: str | Path, split: str) -> list[str]:
         try:
             entry = json.loads(index.read_text())["splits"][split]
         except (json.JSONDecodeError, KeyError) as err:
-            raise UserError(f"{index} has no valid entry for split {split!r}: re-run data.prepare") from err
+            raise UserError(
+                f"{index} has no valid entry for split {split!r}: re-run data.prepare"
+            ) from err
         shards = [str(root / name) for name in entry["shards"]]
         missing = [s for s in shards if not Path(s).exists()]
         if missing:
-            raise UserError(f"{len(missing)} shard(s) listed in {index} are missing (first: {missing[0]}): re-run data.prepare")
+            raise UserError(
+                f"{len(missing)} shard(s) listed in {index} are missing (first: {missing[0]}): re-run data.prepare"
+            )
     else:
         shards = sorted(glob.glob(str(root / f"{split}-*.tar")))
     if not shards:
-        raise UserError(f"no {split} shards in {root}: prepare the dataset (python -m data.prepare ...)")
+        raise UserError(
+            f"no {split} shards in {root}: prepare the dataset (python -m data.prepare ...)"
+        )
     return shards

@@ -31,7 +31,9 @@ KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 def check_key(key: str) -> str:
     """Return ``key`` if it is a valid sample key (letters, digits, ``_`` and ``-``)."""
     if not KEY_PATTERN.match(key):
-        raise ValueError(f"invalid sample key {key!r}: use letters, digits, '_' and '-' only (no dots)")
+        raise ValueError(
+            f"invalid sample key {key!r}: use letters, digits, '_' and '-' only (no dots)"
+        )
     return key
 
 
@@ -43,7 +45,9 @@ def read_index(out_dir: str | Path, split: str | None = None) -> dict:
     """The parsed ``index.json`` of a prepared dataset directory, or one split's entry of it."""
     path = index_path(out_dir)
     if not path.exists():
-        raise FileNotFoundError(f"no {path}: prepare the dataset first (python -m data.prepare ...)")
+        raise FileNotFoundError(
+            f"no {path}: prepare the dataset first (python -m data.prepare ...)"
+        )
     index = json.loads(path.read_text())
     if split is None:
         return index
@@ -111,8 +115,10 @@ class ShardWriter:
         self._keys.add(key)
         size = sum(len(v) for v in members.values())
         current = self._shards[-1] if self._shards else None
-        if current is None or current.samples >= self.max_samples or (
-            current.samples > 0 and self._bytes + size > self.max_bytes
+        if (
+            current is None
+            or current.samples >= self.max_samples
+            or (current.samples > 0 and self._bytes + size > self.max_bytes)
         ):
             self._open_next()
         assert self._tar is not None

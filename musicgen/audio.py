@@ -6,7 +6,9 @@ import torch
 import torchaudio.functional as AF
 
 
-def convert_audio(wav: torch.Tensor, from_rate: int, to_rate: int, to_channels: int) -> torch.Tensor:
+def convert_audio(
+    wav: torch.Tensor, from_rate: int, to_rate: int, to_channels: int
+) -> torch.Tensor:
     """Resample ``wav`` of shape ``(C, T)`` and convert it to ``to_channels`` channels.
 
     Mono is the mean of the channels; stereo from mono duplicates the channel. Any other

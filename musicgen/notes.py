@@ -76,7 +76,9 @@ def notes_to_midi(notes: np.ndarray) -> pretty_midi.PrettyMIDI:
         if key not in instruments:
             instruments[key] = pretty_midi.Instrument(program=key[0], is_drum=key[1])
         instruments[key].notes.append(
-            pretty_midi.Note(int(row[VELOCITY]), int(row[PITCH]), float(row[START]), float(row[END]))
+            pretty_midi.Note(
+                int(row[VELOCITY]), int(row[PITCH]), float(row[START]), float(row[END])
+            )
         )
     midi.instruments = [instruments[k] for k in sorted(instruments)]
     return midi

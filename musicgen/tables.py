@@ -32,7 +32,9 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(rows: Sequence[dict], out_dir: str | Path, name: str, title: str = "", notes: str = "") -> dict[str, Path]:
+def write_tables(
+    rows: Sequence[dict], out_dir: str | Path, name: str, title: str = "", notes: str = ""
+) -> dict[str, Path]:
     """Write ``<name>.md``, ``<name>.csv`` and ``<name>.json`` in ``out_dir``; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,5 +47,7 @@ def write_tables(rows: Sequence[dict], out_dir: str | Path, name: str, title: st
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    paths["json"].write_text(json.dumps({"title": title, "rows": list(rows), "notes": notes}, indent=2) + "\n")
+    paths["json"].write_text(
+        json.dumps({"title": title, "rows": list(rows), "notes": notes}, indent=2) + "\n"
+    )
     return paths

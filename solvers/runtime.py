@@ -31,10 +31,22 @@ log = logging.getLogger(__name__)
 # time limit, memory, requeue budget). The process layout (cluster.nodes, cluster.tasks_per_node,
 # the cluster choice itself) does change the global batch, so it stays in the hash.
 HASH_EXCLUDED_PREFIXES = (
-    "hydra.", "paths.", "logger", "run.", "trainer.max_steps", "trainer.max_epochs",
-    "cluster.timeout_min", "cluster.partition", "cluster.account", "cluster.qos", "cluster.mem_gb",
-    "cluster.cpus_per_task", "cluster.signal_delay_s", "cluster.max_num_timeout",
-    "cluster.additional_parameters", "cluster.setup",
+    "hydra.",
+    "paths.",
+    "logger",
+    "run.",
+    "trainer.max_steps",
+    "trainer.max_epochs",
+    "cluster.timeout_min",
+    "cluster.partition",
+    "cluster.account",
+    "cluster.qos",
+    "cluster.mem_gb",
+    "cluster.cpus_per_task",
+    "cluster.signal_delay_s",
+    "cluster.max_num_timeout",
+    "cluster.additional_parameters",
+    "cluster.setup",
 )
 HASH_EXCLUDED_GROUPS = ("solver", "dataset", "logger")
 
@@ -47,8 +59,10 @@ def override_key(override: str) -> str:
 def run_hash(overrides: Iterable[str]) -> str:
     """Short hash of the overrides that define a run (sorted, so their order does not matter)."""
     kept = sorted(
-        o for o in overrides
-        if not override_key(o).startswith(HASH_EXCLUDED_PREFIXES) and override_key(o) not in HASH_EXCLUDED_GROUPS
+        o
+        for o in overrides
+        if not override_key(o).startswith(HASH_EXCLUDED_PREFIXES)
+        and override_key(o) not in HASH_EXCLUDED_GROUPS
     )
     return hashlib.sha1("\n".join(kept).encode()).hexdigest()[:8]
 
@@ -138,7 +152,9 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         if node is None:
             continue
         if "_target_" not in node:
-            raise UserError(f"callbacks.{name} has no _target_: give the callback class as callbacks.{name}._target_")
+            raise UserError(
+                f"callbacks.{name} has no _target_: give the callback class as callbacks.{name}._target_"
+            )
         callbacks.append(instantiate(node, _convert_="all"))
     return callbacks
 
@@ -149,9 +165,23 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     plugins = [AtomicCheckpointIO(), *cluster_plugins()]
     return instantiate(
-        cfg.trainer, logger=logger, callbacks=build_callbacks(cfg, run_dir), plugins=plugins,
+        cfg.trainer,
+        logger=logger,
+        callbacks=build_callbacks(cfg, run_dir),
+        plugins=plugins,
         default_root_dir=str(run_dir),
+        strategy=trainer_strategy(cfg),
     )
+
+
+def trainer_strategy(cfg: DictConfig) -> object:
+    """``trainer.strategy``, with plain ``ddp`` turned into ``ddp_find_unused_parameters_true`` for
+    solvers that declare ``ddp_find_unused_parameters: true`` (GAN solvers: each of their two
+    optimiser steps leaves the other model's parameters without gradients)."""
+    strategy = cfg.trainer.get("strategy", "auto")
+    if strategy == "ddp" and cfg.solver.get("ddp_find_unused_parameters", False):
+        return "ddp_find_unused_parameters_true"
+    return strategy
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:

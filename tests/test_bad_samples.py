@@ -37,7 +37,10 @@ def corrupt(kind: str, members: dict[str, bytes]) -> dict[str, bytes]:
         members = {k: v for k, v in members.items() if not k.endswith("flac")}
         members["wav"] = wav_bytes(wav)
     elif kind == "silent":
-        members = {k: (wav_bytes(np.zeros(3 * RATE)) if k.endswith("flac") else v) for k, v in members.items()}
+        members = {
+            k: (wav_bytes(np.zeros(3 * RATE)) if k.endswith("flac") else v)
+            for k, v in members.items()
+        }
         members = {k.replace("flac", "wav"): v for k, v in members.items()}
     elif kind == "too_short":
         members = {k: v for k, v in members.items() if not k.endswith("flac")}
@@ -51,7 +54,15 @@ def corrupt(kind: str, members: dict[str, bytes]) -> dict[str, bytes]:
     return members
 
 
-KINDS = ["missing_member", "undecodable_audio", "non_finite", "silent", "too_short", "malformed_json", "malformed_midi"]
+KINDS = [
+    "missing_member",
+    "undecodable_audio",
+    "non_finite",
+    "silent",
+    "too_short",
+    "malformed_json",
+    "malformed_midi",
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +78,19 @@ def bad_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_each_bad_kind_is_skipped_and_counted(bad_dataset: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_each_bad_kind_is_skipped_and_counted(
+    bad_dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     stream = EvalStream([str(bad_dataset / "valid-000000.tar")], SPEC, batch_size=4)
     with caplog.at_level(logging.WARNING, logger="data"):
         keys = [k for batch in stream for k in batch["key"]]
     assert keys == ["s00-good", "s08-pickle-member", "s09-good"]
     assert dict(stream.skips.skipped) == dict.fromkeys(KINDS, 1)
     for i, kind in enumerate(KINDS, start=1):
-        assert any(f"s{i:02d}" in r.message and kind in r.message and "valid-000000.tar" in r.message for r in caplog.records)
+        assert any(
+            f"s{i:02d}" in r.message and kind in r.message and "valid-000000.tar" in r.message
+            for r in caplog.records
+        )
     assert not Path("/tmp/pwned").exists()
 
 
@@ -99,5 +115,6 @@ def test_caption_required_only_when_asked(bad_dataset: Path) -> None:
     # a missing stem or a bad MIDI file no longer matters; JSON is always parsed
     assert "s01-missing-member" in keys and "s07-malformed-midi" in keys
     assert json.dumps(dict(stream.skips.skipped), sort_keys=True) == json.dumps(
-        {"malformed_json": 1, "non_finite": 1, "silent": 1, "too_short": 1, "undecodable_audio": 1}, sort_keys=True
+        {"malformed_json": 1, "non_finite": 1, "silent": 1, "too_short": 1, "undecodable_audio": 1},
+        sort_keys=True,
     )

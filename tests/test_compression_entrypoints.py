@@ -70,12 +70,10 @@ def test_train_resume_and_evaluate(toy_dataset: Path, tmp_path: Path) -> None:
     ema = {k[len("ema.") :]: v for k, v in second["state_dict"].items() if k.startswith("ema.")}
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
 
-    # evaluate.yaml has no experiment group in its defaults: the preset is appended with "+".
     run(
         "evaluate.py",
         "solver=compression",
-        f"+{TOY[0]}",
-        *TOY[1:3],
+        *TOY[:3],
         f"dataset.root={toy_dataset}",
         f"paths.runs_dir={tmp_path}",
         f"checkpoint={run_dir}/checkpoints/last.ckpt",

@@ -19,7 +19,13 @@ TOY_CONF = REPO / "tests" / "fixtures" / "conf"
 
 
 def train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "train.py", f"hydra.searchpath=[file://{TOY_CONF}]", "solver=toy", *overrides]
+    cmd = [
+        sys.executable,
+        "train.py",
+        f"hydra.searchpath=[file://{TOY_CONF}]",
+        "solver=toy",
+        *overrides,
+    ]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
@@ -41,21 +47,38 @@ def test_run_hash_ignores_order_paths_and_length() -> None:
 
 
 def test_train_then_resume_in_the_same_run(toy_dataset: Path, tmp_path: Path) -> None:
-    common = [f"dataset.root={toy_dataset}", "logger=csv", "trainer=debug", f"paths.runs_dir={tmp_path}",
-              "loader.train_batches_per_epoch=3", "loader.batch_size=2", "loader.num_workers=1"]
+    common = [
+        f"dataset.root={toy_dataset}",
+        "logger=csv",
+        "trainer=debug",
+        f"paths.runs_dir={tmp_path}",
+        "loader.train_batches_per_epoch=3",
+        "loader.batch_size=2",
+        "loader.num_workers=1",
+    ]
     train(*common, "trainer.max_steps=4")
     (run_dir,) = tmp_path.iterdir()
     assert run_dir.name.startswith("toy-synth-")
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4
     result = train(*common, "trainer.max_steps=7")
-    assert [p.name for p in tmp_path.iterdir()] == [run_dir.name], "same command must land in the same run"
+    assert [p.name for p in tmp_path.iterdir()] == [run_dir.name], (
+        "same command must land in the same run"
+    )
     assert "resuming from" in result.stdout + result.stderr
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 7
     assert logged_steps(run_dir) == list(range(7))
 
-    cmd = [sys.executable, "evaluate.py", f"hydra.searchpath=[file://{TOY_CONF}]", "solver=toy", *common[:1],
-           f"paths.runs_dir={tmp_path}", f"checkpoint={run_dir}/checkpoints/last.ckpt", "loader.num_workers=0"]
+    cmd = [
+        sys.executable,
+        "evaluate.py",
+        f"hydra.searchpath=[file://{TOY_CONF}]",
+        "solver=toy",
+        *common[:1],
+        f"paths.runs_dir={tmp_path}",
+        f"checkpoint={run_dir}/checkpoints/last.ckpt",
+        "loader.num_workers=0",
+    ]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (eval_dir,) = (tmp_path / "eval").iterdir()
@@ -65,8 +88,14 @@ def test_train_then_resume_in_the_same_run(toy_dataset: Path, tmp_path: Path) ->
 
 
 def test_evaluate_names_a_missing_checkpoint(tmp_path: Path) -> None:
-    cmd = [sys.executable, "evaluate.py", f"hydra.searchpath=[file://{TOY_CONF}]", "solver=toy",
-           f"paths.runs_dir={tmp_path}", f"checkpoint={tmp_path}/nope.ckpt"]
+    cmd = [
+        sys.executable,
+        "evaluate.py",
+        f"hydra.searchpath=[file://{TOY_CONF}]",
+        "solver=toy",
+        f"paths.runs_dir={tmp_path}",
+        f"checkpoint={tmp_path}/nope.ckpt",
+    ]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert f"checkpoint {tmp_path}/nope.ckpt does not exist" in result.stderr
@@ -84,16 +113,34 @@ def test_missing_solver_is_a_clear_error() -> None:
 
 
 def test_dataset_lacking_a_field_fails_before_training(tmp_path: Path) -> None:
-    result = train("dataset=mtg", "logger=csv", f"paths.runs_dir={tmp_path}", "solver.data.fields=[audio,notes]", check=False)
+    result = train(
+        "dataset=mtg",
+        "logger=csv",
+        f"paths.runs_dir={tmp_path}",
+        "solver.data.fields=[audio,notes]",
+        check=False,
+    )
     assert result.returncode == 2
-    assert "solver=toy needs ['notes'] but dataset=mtg only provides ['audio', 'caption']" in result.stderr
+    assert (
+        "solver=toy needs ['notes'] but dataset=mtg only provides ['audio', 'caption']"
+        in result.stderr
+    )
     assert not list(tmp_path.glob("*/checkpoints"))
 
 
 def test_unprepared_dataset_names_the_fix(tmp_path: Path) -> None:
-    result = train("dataset=mtg", "logger=csv", f"paths.data_dir={tmp_path}", f"paths.runs_dir={tmp_path}", check=False)
+    result = train(
+        "dataset=mtg",
+        "logger=csv",
+        f"paths.data_dir={tmp_path}",
+        f"paths.runs_dir={tmp_path}",
+        check=False,
+    )
     assert result.returncode == 2
-    assert f"dataset mtg is not prepared at {tmp_path}/mtg: run `python -m data.prepare mtg --root" in result.stderr
+    assert (
+        f"dataset mtg is not prepared at {tmp_path}/mtg: run `python -m data.prepare mtg --root"
+        in result.stderr
+    )
 
 
 GROUPS = {
@@ -108,7 +155,8 @@ def test_every_config_group_option_composes(group: str, option: str) -> None:
     register_resolvers()
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
-            "train", overrides=[f"hydra.searchpath=[file://{TOY_CONF}]", "solver=toy", f"{group}={option}"],
+            "train",
+            overrides=[f"hydra.searchpath=[file://{TOY_CONF}]", "solver=toy", f"{group}={option}"],
             return_hydra_config=True,
         )
     from hydra.core.hydra_config import HydraConfig
@@ -116,6 +164,10 @@ def test_every_config_group_option_composes(group: str, option: str) -> None:
     HydraConfig.instance().set_config(cfg)
     from omegaconf import OmegaConf
 
-    resolved = {k: OmegaConf.to_container(v, resolve=True) for k, v in cfg.items() if k != "hydra" and OmegaConf.is_config(v)}
+    resolved = {
+        k: OmegaConf.to_container(v, resolve=True)
+        for k, v in cfg.items()
+        if k != "hydra" and OmegaConf.is_config(v)
+    }
     assert resolved["run"]["name"].startswith(f"toy-{resolved['dataset']['name']}-")
     assert set(resolved["dataset"]["provides"]) <= {"audio", "stems", "notes", "caption"}

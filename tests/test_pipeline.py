@@ -24,14 +24,22 @@ ALL_FIELDS = ("audio", "stems", "notes", "caption")
 
 def raw_samples(root: Path, split: str) -> list[dict]:
     errors: list = []
-    out = [r for s in split_shards(root, split) for r in iter_tar_samples(s, lambda *e: errors.append(e))]
+    out = [
+        r
+        for s in split_shards(root, split)
+        for r in iter_tar_samples(s, lambda *e: errors.append(e))
+    ]
     assert not errors
     return out
 
 
 def test_shard_names_and_index(toy_dataset: Path) -> None:
     index = json.loads((toy_dataset / "index.json").read_text())
-    assert index["splits"]["train"]["shards"] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    assert index["splits"]["train"]["shards"] == [
+        "train-000000.tar",
+        "train-000001.tar",
+        "train-000002.tar",
+    ]
     assert index["splits"]["train"]["num_samples"] == 8
     assert index["splits"]["valid"]["samples_per_shard"] == [3, 2]
     keys = [r["__key__"] for r in raw_samples(toy_dataset, "valid")]
@@ -69,20 +77,33 @@ def test_crop_marks_tied_notes() -> None:
     from musicgen.notes import crop_notes
 
     notes = np.array(
-        [[0.0, 2.0, 60, 90, 0, 0, 0, 0], [0.5, 0.6, 36, 90, 0, 1, 0, 0], [1.2, 1.4, 62, 90, 0, 0, 0, 0]]
+        [
+            [0.0, 2.0, 60, 90, 0, 0, 0, 0],
+            [0.5, 0.6, 36, 90, 0, 1, 0, 0],
+            [1.2, 1.4, 62, 90, 0, 0, 0, 0],
+        ]
     )
     out = crop_notes(notes, 1.0, 1.3)
     assert out[:, PITCH].tolist() == [60, 62]
     assert out[0, [START, END, TIED_START, TIED_END]].tolist() == [0.0, pytest.approx(0.3), 1, 1]
-    assert out[1, [START, END, TIED_START, TIED_END]].tolist() == [pytest.approx(0.2), pytest.approx(0.3), 0, 1]
+    assert out[1, [START, END, TIED_START, TIED_END]].tolist() == [
+        pytest.approx(0.2),
+        pytest.approx(0.3),
+        0,
+        1,
+    ]
 
 
 def test_resampling_and_channels(toy_dataset: Path) -> None:
     raw = raw_samples(toy_dataset, "test")[0]
-    sample = decode_sample(raw, SampleSpec(32000, 2, 0.5, ("audio", "stems"), "start"), np.random.default_rng(0))
+    sample = decode_sample(
+        raw, SampleSpec(32000, 2, 0.5, ("audio", "stems"), "start"), np.random.default_rng(0)
+    )
     assert sample["audio"].shape == (2, 16000)
     assert sample["stems"].shape == (4, 2, 16000)
-    whole = decode_sample(raw, SampleSpec(8000, 1, None, ("audio",), "none"), np.random.default_rng(0))
+    whole = decode_sample(
+        raw, SampleSpec(8000, 1, None, ("audio",), "none"), np.random.default_rng(0)
+    )
     assert whole["audio"].shape == (1, 3 * 8000)
 
 
@@ -90,7 +111,11 @@ def eval_keys(root: Path, world: int, workers: int) -> list[list[str]]:
     spec = SampleSpec(RATE, 1, 1.0, ("audio",), "start")
     per_rank = []
     for rank in range(world):
-        loader = DataLoader(EvalStream(split_shards(root, "valid"), spec, 2, rank, world), batch_size=None, num_workers=workers)
+        loader = DataLoader(
+            EvalStream(split_shards(root, "valid"), spec, 2, rank, world),
+            batch_size=None,
+            num_workers=workers,
+        )
         per_rank.append([k for batch in loader for k in batch["key"]])
     return per_rank
 
@@ -106,8 +131,12 @@ def test_training_epochs_have_equal_batch_counts_per_rank(toy_dataset: Path) -> 
     spec = SampleSpec(RATE, 1, 0.5, ("audio", "caption"), "random")
     counts = []
     for rank in range(2):
-        stream = TrainStream(split_shards(toy_dataset, "train"), spec, 3, 4, seed=1, rank=rank, world_size=2)
-        loader = EpochLoader(DataLoader(stream, batch_size=None, num_workers=2), batches_per_epoch=7)
+        stream = TrainStream(
+            split_shards(toy_dataset, "train"), spec, 3, 4, seed=1, rank=rank, world_size=2
+        )
+        loader = EpochLoader(
+            DataLoader(stream, batch_size=None, num_workers=2), batches_per_epoch=7
+        )
         epochs = [[b["audio"].shape for b in loader] for _ in range(2)]
         counts.append([len(e) for e in epochs])
         assert all(shape == (3, 1, RATE // 2) for e in epochs for shape in e)

@@ -78,8 +78,14 @@ def test_samples_hold_the_original_mp3_and_metadata(root: Path, tmp_path: Path) 
             assert meta["duration"] == pytest.approx(info.duration, abs=1e-3)
             assert meta["sample_rate"] == info.samplerate == 44100
             assert meta["tags"] == list(track.tags)
-            for field, prefix in (("genres", "genre"), ("instruments", "instrument"), ("moods", "mood/theme")):
-                assert meta[field] == [t.split("---")[1] for t in track.tags if t.startswith(prefix + "---")]
+            for field, prefix in (
+                ("genres", "genre"),
+                ("instruments", "instrument"),
+                ("moods", "mood/theme"),
+            ):
+                assert meta[field] == [
+                    t.split("---")[1] for t in track.tags if t.startswith(prefix + "---")
+                ]
             assert meta["caption"] == caption_for(Track(key, "", "", "", 0.0, track.tags))
 
 
@@ -123,7 +129,9 @@ def test_missing_and_unreadable_audio_are_skipped_and_counted(
     assert "3346.mp3" in warnings and "unreadable_audio" in warnings
 
 
-def test_missing_split_tsv_is_a_one_line_error(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_missing_split_tsv_is_a_one_line_error(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (root / SPLIT_TSV / "autotagging-validation.tsv").unlink()
     assert prepare(root, tmp_path / "out") == 2
     err = capsys.readouterr().err.strip()
@@ -138,7 +146,9 @@ def test_missing_root_is_a_one_line_error(tmp_path: Path, capsys: pytest.Capture
     assert len(err.splitlines()) == 1 and "nowhere" in err
 
 
-def test_no_readable_audio_at_all_is_an_error(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_no_readable_audio_at_all_is_an_error(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert prepare(root, tmp_path / "out", "--audio-dir", str(empty)) == 2
@@ -150,7 +160,9 @@ def test_max_tracks_limits_each_split(root: Path, tmp_path: Path) -> None:
     assert prepare(root, out, "--max-tracks", "1") == 0
     index = json.loads((out / "index.json").read_text())
     assert {s: index["splits"][s]["num_samples"] for s in ("train", "valid", "test")} == {
-        "train": 1, "valid": 1, "test": 1,
+        "train": 1,
+        "valid": 1,
+        "test": 1,
     }
 
 

@@ -73,7 +73,9 @@ def test_split_depends_on_the_piece_only() -> None:
     for seed in (0, 1, 99):
         for index in range(40):
             spec = plan_example(seed, index, grouped)
-            assert spec.split == SPLIT_CYCLE[index % len(SPLIT_CYCLE)] == split_of(spec.piece.source)
+            assert (
+                spec.split == SPLIT_CYCLE[index % len(SPLIT_CYCLE)] == split_of(spec.piece.source)
+            )
 
 
 def test_no_piece_in_two_splits_across_builds(samples: dict, tmp_path: Path) -> None:
@@ -104,7 +106,9 @@ def test_index_matches_the_tars(tiny: Path, samples: dict) -> None:
         assert entry["num_samples"] == len(mine) == sum(entry["samples_per_shard"])
         seconds = sum(len(audio(s, "flac")[0]) / 32000 for s in mine)
         assert entry["total_seconds"] == pytest.approx(seconds, abs=1e-2)
-        assert entry["total_seconds"] == pytest.approx(sum(meta(s)["duration"] for s in mine), abs=1e-2)
+        assert entry["total_seconds"] == pytest.approx(
+            sum(meta(s)["duration"] for s in mine), abs=1e-2
+        )
     total = sum(e["total_seconds"] for e in index["splits"].values())
     assert 60 <= total < 60 + 32  # stops at the first example that reaches one minute
 
@@ -136,7 +140,9 @@ def test_notes_lie_inside_the_audio_and_sound_where_they_say(samples: dict) -> N
         assert {(int(p), bool(d)) for p, d in notes[:, [PROGRAM, IS_DRUM]]} == instruments
         for stem in STEMS:
             wav, rate = audio(sample, f"{stem}.flac")
-            own = notes[[stem_for(int(p), bool(d)) == stem for p, d in notes[:, [PROGRAM, IS_DRUM]]]]
+            own = notes[
+                [stem_for(int(p), bool(d)) == stem for p, d in notes[:, [PROGRAM, IS_DRUM]]]
+            ]
             if not len(own):
                 assert not wav.any(), f"{key}: {stem} has no notes but is not silent"
                 continue
@@ -175,11 +181,15 @@ def test_captions_describe_the_example(samples: dict) -> None:
             rng=np.random.default_rng(seed),
         )
         assert "A minor" in caption and "60" in caption
-        worded.add(re.sub(r"\b(an? )?(melancholic|somber|mournful|solemn|slow|unhurried)\b", "W", caption))
+        worded.add(
+            re.sub(r"\b(an? )?(melancholic|somber|mournful|solemn|slow|unhurried)\b", "W", caption)
+        )
     assert len(worded) >= 4  # several templates, not only synonyms
 
 
-def test_same_seed_gives_identical_bytes_whatever_the_workers(samples: dict, tmp_path: Path) -> None:
+def test_same_seed_gives_identical_bytes_whatever_the_workers(
+    samples: dict, tmp_path: Path
+) -> None:
     again = tmp_path / "again"
     build_synth(again, minutes=0.5, seed=SEED, workers=1)  # the fixture used two workers
     rebuilt = read_dataset(again)
@@ -204,7 +214,11 @@ def test_cli_builds_replaces_stale_shards_and_reports_bad_arguments(
     (sample,) = built.values()
     assert audio(sample, "flac")[1] == 16000 and sample["split"] == "train"
     assert "wrote" in capsys.readouterr().out
-    for bad, words in ((["--minutes", "0"], "--minutes"), (["--sample-rate", "100"], "--sample-rate"), (["--workers", "0"], "--workers")):
+    for bad, words in (
+        (["--minutes", "0"], "--minutes"),
+        (["--sample-rate", "100"], "--sample-rate"),
+        (["--workers", "0"], "--workers"),
+    ):
         assert main(["synth", "--out", str(tmp_path / "bad"), *bad]) == 2
         error = capsys.readouterr().err.strip()
         assert error.startswith("error:") and words in error and "\n" not in error
@@ -213,7 +227,9 @@ def test_cli_builds_replaces_stale_shards_and_reports_bad_arguments(
 
 def test_drums_follow_the_meter() -> None:
     # a one-beat pickup, bars of 4/4, 6/8 and 3/4, then a short last bar
-    bars = np.array([[0.0, 1.0, 4, 4], [1.0, 4.0, 4, 4], [5.0, 3.0, 6, 8], [8.0, 3.0, 3, 4], [11.0, 1.0, 4, 4]])
+    bars = np.array(
+        [[0.0, 1.0, 4, 4], [1.0, 4.0, 4, 4], [5.0, 3.0, 6, 8], [8.0, 3.0, 3, 4], [11.0, 1.0, 4, 4]]
+    )
     hits = drum_part(bars, np.random.default_rng(0))
     at = lambda pitch: sorted(hits[hits[:, 1] == pitch, 0].tolist())  # noqa: E731
     assert at(KICK) == [1.0, 3.0, 5.0, 8.0, 11.0]  # downbeats, and beat 3 of 4/4
@@ -224,7 +240,9 @@ def test_drums_follow_the_meter() -> None:
 
 
 def test_key_estimation_and_accompaniment() -> None:
-    scale = np.array([[i, 1.0, p] for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72, 67, 64, 60])], float)
+    scale = np.array(
+        [[i, 1.0, p] for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72, 67, 64, 60])], float
+    )
     assert estimate_key(scale) == (0, "major") and key_name(0, "major") == "C major"
     minor = scale.copy()
     minor[:, 2] = [57, 59, 60, 62, 64, 65, 68, 69, 64, 60, 57]

@@ -47,29 +47,86 @@ LISTED_LIMIT = 100  # skipped files listed in index.json
 
 # Readable forms of the dataset's run-together tag values (the rest are used as they are).
 READABLE = {
-    "acidjazz": "acid jazz", "alternativerock": "alternative rock", "bluesrock": "blues rock",
-    "bossanova": "bossa nova", "classicrock": "classic rock", "darkambient": "dark ambient",
-    "deephouse": "deep house", "drumnbass": "drum and bass", "easylistening": "easy listening",
-    "edm": "EDM", "ethnicrock": "ethnic rock", "hardrock": "hard rock", "heavymetal": "heavy metal",
-    "hiphop": "hip hop", "idm": "IDM", "instrumentalpop": "instrumental pop",
-    "instrumentalrock": "instrumental rock", "jazzfunk": "jazz-funk", "jazzfusion": "jazz fusion",
-    "newage": "new age", "newwave": "new wave", "popfolk": "pop folk", "poprock": "pop rock",
-    "postrock": "post-rock", "punkrock": "punk rock", "rnb": "rhythm and blues",
-    "rocknroll": "rock and roll", "singersongwriter": "singer-songwriter", "synthpop": "synth-pop",
-    "triphop": "trip hop", "worldfusion": "world fusion", "celtic": "Celtic", "latin": "Latin",
-    "african": "African", "eurodance": "Eurodance",
-    "acousticbassguitar": "acoustic bass guitar", "acousticguitar": "acoustic guitar",
-    "classicalguitar": "classical guitar", "doublebass": "double bass", "drummachine": "drum machine",
-    "electricguitar": "electric guitar", "electricpiano": "electric piano", "pipeorgan": "pipe organ",
-    "rhodes": "Rhodes piano", "voice": "vocals", "beat": "beats", "bell": "bells",
-    "bongo": "bongos", "pad": "synth pads", "ambiental": "ambient", "christmas": "Christmas",
+    "acidjazz": "acid jazz",
+    "alternativerock": "alternative rock",
+    "bluesrock": "blues rock",
+    "bossanova": "bossa nova",
+    "classicrock": "classic rock",
+    "darkambient": "dark ambient",
+    "deephouse": "deep house",
+    "drumnbass": "drum and bass",
+    "easylistening": "easy listening",
+    "edm": "EDM",
+    "ethnicrock": "ethnic rock",
+    "hardrock": "hard rock",
+    "heavymetal": "heavy metal",
+    "hiphop": "hip hop",
+    "idm": "IDM",
+    "instrumentalpop": "instrumental pop",
+    "instrumentalrock": "instrumental rock",
+    "jazzfunk": "jazz-funk",
+    "jazzfusion": "jazz fusion",
+    "newage": "new age",
+    "newwave": "new wave",
+    "popfolk": "pop folk",
+    "poprock": "pop rock",
+    "postrock": "post-rock",
+    "punkrock": "punk rock",
+    "rnb": "rhythm and blues",
+    "rocknroll": "rock and roll",
+    "singersongwriter": "singer-songwriter",
+    "synthpop": "synth-pop",
+    "triphop": "trip hop",
+    "worldfusion": "world fusion",
+    "celtic": "Celtic",
+    "latin": "Latin",
+    "african": "African",
+    "eurodance": "Eurodance",
+    "acousticbassguitar": "acoustic bass guitar",
+    "acousticguitar": "acoustic guitar",
+    "classicalguitar": "classical guitar",
+    "doublebass": "double bass",
+    "drummachine": "drum machine",
+    "electricguitar": "electric guitar",
+    "electricpiano": "electric piano",
+    "pipeorgan": "pipe organ",
+    "rhodes": "Rhodes piano",
+    "voice": "vocals",
+    "beat": "beats",
+    "bell": "bells",
+    "bongo": "bongos",
+    "pad": "synth pads",
+    "ambiental": "ambient",
+    "christmas": "Christmas",
 }
 # Mood/theme values that name a theme or use rather than a mood adjective.
 THEMES = {
-    "action", "adventure", "advertising", "background", "ballad", "children", "christmas",
-    "commercial", "corporate", "documentary", "drama", "dream", "film", "game", "holiday",
-    "horror", "love", "movie", "nature", "party", "soundscape", "space", "sport", "summer",
-    "trailer", "travel",
+    "action",
+    "adventure",
+    "advertising",
+    "background",
+    "ballad",
+    "children",
+    "christmas",
+    "commercial",
+    "corporate",
+    "documentary",
+    "drama",
+    "dream",
+    "film",
+    "game",
+    "holiday",
+    "horror",
+    "love",
+    "movie",
+    "nature",
+    "party",
+    "soundscape",
+    "space",
+    "sport",
+    "summer",
+    "trailer",
+    "travel",
 }
 
 
@@ -148,7 +205,11 @@ def caption_for(track: Track) -> str:
         return f"{_article(head)} {head}{instrument_text}{theme_text}."
     genre_text = _join(genres, rng)
     head = f"{genre_text[:1].upper()}{genre_text[1:]} music" if genres else "Music"
-    mood_text = f", {_join(adjectives, rng)} {rng.choice(['mood', 'feel', 'character'])}" if adjectives else ""
+    mood_text = (
+        f", {_join(adjectives, rng)} {rng.choice(['mood', 'feel', 'character'])}"
+        if adjectives
+        else ""
+    )
     return f"{head}{instrument_text}{mood_text}{theme_text}."
 
 
@@ -260,7 +321,10 @@ def sample_for(track: Track, path: Path, audio_dir: Path) -> tuple[dict[str, byt
         **track.tag_values(),
         "caption": caption_for(track),
     }
-    members = {"mp3": data, "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")}
+    members = {
+        "mp3": data,
+        "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
+    }
     return members, meta["duration"]
 
 
@@ -272,19 +336,44 @@ def _positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", type=Path, required=True,
-                        help="local copy: a checkout of MTG/mtg-jamendo-dataset (TSVs under data/)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory for shards and index.json")
-    parser.add_argument("--audio-dir", type=Path, default=None,
-                        help="folder holding the NN/ID.mp3 files (default: ROOT/audio if it exists, else ROOT)")
-    parser.add_argument("--split-dir", default="split-0", help="folder under data/splits (default: split-0)")
-    parser.add_argument("--subset", choices=sorted(SUBSETS), default="autotagging",
-                        help="which tag set's split files to use (default: autotagging, all tags)")
-    parser.add_argument("--max-tracks", type=_positive_int, default=None,
-                        help="write at most this many tracks per split (quick trials)")
-    parser.add_argument("--low-quality", action="store_true",
-                        help="prefer the audio-low files (NN/ID.low.mp3); either quality is used if the other is missing")
-    parser.add_argument("--max-samples", type=_positive_int, default=256, help="tracks per shard (default: 256)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        required=True,
+        help="local copy: a checkout of MTG/mtg-jamendo-dataset (TSVs under data/)",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output directory for shards and index.json"
+    )
+    parser.add_argument(
+        "--audio-dir",
+        type=Path,
+        default=None,
+        help="folder holding the NN/ID.mp3 files (default: ROOT/audio if it exists, else ROOT)",
+    )
+    parser.add_argument(
+        "--split-dir", default="split-0", help="folder under data/splits (default: split-0)"
+    )
+    parser.add_argument(
+        "--subset",
+        choices=sorted(SUBSETS),
+        default="autotagging",
+        help="which tag set's split files to use (default: autotagging, all tags)",
+    )
+    parser.add_argument(
+        "--max-tracks",
+        type=_positive_int,
+        default=None,
+        help="write at most this many tracks per split (quick trials)",
+    )
+    parser.add_argument(
+        "--low-quality",
+        action="store_true",
+        help="prefer the audio-low files (NN/ID.low.mp3); either quality is used if the other is missing",
+    )
+    parser.add_argument(
+        "--max-samples", type=_positive_int, default=256, help="tracks per shard (default: 256)"
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -310,7 +399,10 @@ def run(args: argparse.Namespace) -> dict:
     report = Report()
     summary = {"subset": args.subset, "split_dir": args.split_dir, "audio_dir": str(audio_dir)}
     for split, tracks in splits.items():
-        with logging_redirect_tqdm(), ShardWriter(args.out, split, max_samples=args.max_samples) as writer:
+        with (
+            logging_redirect_tqdm(),
+            ShardWriter(args.out, split, max_samples=args.max_samples) as writer,
+        ):
             for track in tqdm(tracks, desc=f"mtg {split}", unit="track"):
                 if args.max_tracks is not None and report.written[split] >= args.max_tracks:
                     break

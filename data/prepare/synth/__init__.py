@@ -28,11 +28,33 @@ build = build_synth
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output directory for the shards and index.json")
-    parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="approximate total audio, all splits (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="arrangement seed (splits do not depend on it; default %(default)s)")
-    parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE, help="sample rate of the mono FLAC files (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="rendering processes (default %(default)s)")
+    parser.add_argument(
+        "--out", required=True, help="output directory for the shards and index.json"
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=DEFAULT_MINUTES,
+        help="approximate total audio, all splits (default %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="arrangement seed (splits do not depend on it; default %(default)s)",
+    )
+    parser.add_argument(
+        "--sample-rate",
+        type=int,
+        default=DEFAULT_SAMPLE_RATE,
+        help="sample rate of the mono FLAC files (default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="rendering processes (default %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:

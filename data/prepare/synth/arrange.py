@@ -48,8 +48,12 @@ def _crop(notation: Notation, bpm: int, seconds: float, rng: np.random.Generator
     half of the time, else at a random bar with an onset in the first half of the piece."""
     bars = notation.measures
     onsets = np.concatenate([part[:, ONSET] for part in notation.parts])
-    has_onset = [bool(np.any((onsets >= b[OFFSET]) & (onsets < b[OFFSET] + b[BAR_LENGTH]))) for b in bars]
-    candidates = [i for i in range(max(1, len(bars) // 2)) if has_onset[i]] or [int(np.argmax(has_onset))]
+    has_onset = [
+        bool(np.any((onsets >= b[OFFSET]) & (onsets < b[OFFSET] + b[BAR_LENGTH]))) for b in bars
+    ]
+    candidates = [i for i in range(max(1, len(bars) // 2)) if has_onset[i]] or [
+        int(np.argmax(has_onset))
+    ]
     first = candidates[0] if rng.random() < 0.5 else int(rng.choice(candidates))
     limit = seconds * bpm / 60.0
     ends = bars[first:, OFFSET] + bars[first:, BAR_LENGTH] - bars[first, OFFSET]
@@ -71,7 +75,9 @@ def _fit_range(notes: np.ndarray, program: int) -> np.ndarray:
     shifts = sorted(range(-36, 37, 12), key=abs)
     best = max(shifts, key=lambda s: int(np.sum((pitches + s >= low) & (pitches + s <= high))))
     moved = pitches + best
-    moved += 12 * np.ceil(np.maximum(low - moved, 0) / 12) - 12 * np.ceil(np.maximum(moved - high, 0) / 12)
+    moved += 12 * np.ceil(np.maximum(low - moved, 0) / 12) - 12 * np.ceil(
+        np.maximum(moved - high, 0) / 12
+    )
     out = notes.copy()
     out[:, PITCH] = moved
     return out
@@ -89,30 +95,42 @@ def _instrument(
     """Humanised notes: onset jitter, per-part articulation, a base velocity drawn from
     ``loudness``, per-note variation and accented downbeats."""
     beat_seconds = 60.0 / bpm
-    onsets = (notes[:, ONSET] - start) * beat_seconds + rng.normal(0.0, 0.006, len(notes)).clip(-0.015, 0.015)
+    onsets = (notes[:, ONSET] - start) * beat_seconds + rng.normal(0.0, 0.006, len(notes)).clip(
+        -0.015, 0.015
+    )
     onsets = np.maximum(onsets, 0.0)
     ends = onsets + np.maximum(notes[:, LENGTH] * beat_seconds * rng.uniform(0.85, 0.97), 0.06)
     accent = np.isin(notes[:, ONSET], downbeats) * 8.0
-    velocities = np.clip(rng.integers(*loudness, endpoint=True) + accent + rng.normal(0.0, 6.0, len(notes)), 30, 120).round()
+    velocities = np.clip(
+        rng.integers(*loudness, endpoint=True) + accent + rng.normal(0.0, 6.0, len(notes)), 30, 120
+    ).round()
     instrument = pretty_midi.Instrument(program=program, name=program_name(program, False))
     last_onset: dict[int, float] = {}
-    for i in np.argsort(-onsets, kind="stable"):  # backwards: end each note before its pitch repeats
+    for i in np.argsort(
+        -onsets, kind="stable"
+    ):  # backwards: end each note before its pitch repeats
         pitch = int(notes[i, PITCH])
         end = min(ends[i], last_onset.get(pitch, np.inf) - 0.01)
         if end - onsets[i] >= 0.03:
-            instrument.notes.append(pretty_midi.Note(int(velocities[i]), pitch, float(onsets[i]), float(end)))
+            instrument.notes.append(
+                pretty_midi.Note(int(velocities[i]), pitch, float(onsets[i]), float(end))
+            )
         last_onset[pitch] = onsets[i]
     instrument.notes.sort(key=lambda n: (n.start, n.pitch))
     return instrument
 
 
-def _drums(bars: np.ndarray, start: float, bpm: int, rng: np.random.Generator) -> pretty_midi.Instrument:
+def _drums(
+    bars: np.ndarray, start: float, bpm: int, rng: np.random.Generator
+) -> pretty_midi.Instrument:
     hits = drum_part(bars, rng)
     onsets = np.maximum((hits[:, 0] - start) * 60.0 / bpm + rng.normal(0.0, 0.003, len(hits)), 0.0)
     instrument = pretty_midi.Instrument(program=0, is_drum=True, name=program_name(0, True))
     for onset, (_, pitch, velocity) in zip(onsets, hits, strict=True):
         length = 1.2 if pitch == CRASH else 0.12
-        instrument.notes.append(pretty_midi.Note(int(velocity), int(pitch), float(onset), float(onset + length)))
+        instrument.notes.append(
+            pretty_midi.Note(int(velocity), int(pitch), float(onset), float(onset + length))
+        )
     return instrument
 
 
@@ -147,14 +165,21 @@ def arrange(piece: Piece, notation: Notation, rng: np.random.Generator) -> Arran
     if rng.random() < DRUM_PROBABILITY:
         midi.instruments.append(_drums(bars, start, bpm, rng))
     tonic = (tonic + transpose) % 12
-    midi.key_signature_changes = [pretty_midi.KeySignature(tonic + (12 if mode == "minor" else 0), 0.0)]
+    midi.key_signature_changes = [
+        pretty_midi.KeySignature(tonic + (12 if mode == "minor" else 0), 0.0)
+    ]
     midi.time_signature_changes = [
         pretty_midi.TimeSignature(int(b[2]), int(b[3]), (b[OFFSET] - start) * 60.0 / bpm)
         for i, b in enumerate(bars)
         if i == 0 or tuple(b[2:]) != tuple(bars[i - 1, 2:])
     ]
     instruments = [
-        {"name": i.name, "program": i.program, "stem": stem_for(i.program, i.is_drum), "is_drum": i.is_drum}
+        {
+            "name": i.name,
+            "program": i.program,
+            "stem": stem_for(i.program, i.is_drum),
+            "is_drum": i.is_drum,
+        }
         for i in midi.instruments
     ]
     return Arrangement(midi, instruments, bpm, tonic, mode, transpose)

@@ -49,7 +49,9 @@ def plan_example(seed: int, index: int, pieces: dict[str, dict[str, list[Piece]]
 
 
 @contextlib.contextmanager
-def _mapper(workers: int, sample_rate: int) -> Iterator[Callable[[list[ExampleSpec]], Iterator[Example]]]:
+def _mapper(
+    workers: int, sample_rate: int
+) -> Iterator[Callable[[list[ExampleSpec]], Iterator[Example]]]:
     """An ordered map of :func:`make_example`: in this process for one worker, else a spawned pool
     (spawn, because the caller may hold threads, e.g. a training process)."""
     soundfont = str(find_soundfont())
@@ -71,7 +73,10 @@ def render_examples(seed: int, seconds: float, workers: int, sample_rate: int) -
     pieces = pools()
     done, index = 0.0, 0
     estimate = math.ceil(seconds / EXPECTED_SECONDS)
-    with _mapper(workers, sample_rate) as mapper, tqdm(total=estimate, desc="synth", unit="example") as progress:
+    with (
+        _mapper(workers, sample_rate) as mapper,
+        tqdm(total=estimate, desc="synth", unit="example") as progress,
+    ):
         while done < seconds:
             count = max(workers, math.ceil((seconds - done) / EXPECTED_SECONDS))
             progress.total = max(progress.total, progress.n + count)
@@ -92,7 +97,9 @@ def _check(minutes: float, seed: int, sample_rate: int, workers: int) -> None:
     if seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed}")
     if not 8000 <= sample_rate <= 96000:
-        raise ValueError(f"--sample-rate must lie between 8000 and 96000 Hz (FluidSynth's range), got {sample_rate}")
+        raise ValueError(
+            f"--sample-rate must lie between 8000 and 96000 Hz (FluidSynth's range), got {sample_rate}"
+        )
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
 

@@ -12,7 +12,11 @@ _MOODS = {
     ("minor", "moderate"): ("wistful", "pensive", "brooding", "bittersweet"),
     ("minor", "fast"): ("dramatic", "urgent", "restless", "stormy"),
 }
-_TEMPO_WORDS = {"slow": ("slow", "unhurried"), "moderate": ("moderate", "steady"), "fast": ("fast", "brisk")}
+_TEMPO_WORDS = {
+    "slow": ("slow", "unhurried"),
+    "moderate": ("moderate", "steady"),
+    "fast": ("fast", "brisk"),
+}
 _TEMPLATES = (
     "{a_mood} {period} {genre} for {instruments} in {key}, {bpm} bpm",
     "{period} {genre} {attribution}, arranged for {instruments}: {pace} and {mood}, {key}, {bpm} bpm",
@@ -48,7 +52,9 @@ def describe(
     fields = {
         "period": period,
         "genre": genre,
-        "attribution": "from the traditional repertoire" if composer == "traditional" else f"by {composer}",
+        "attribution": "from the traditional repertoire"
+        if composer == "traditional"
+        else f"by {composer}",
         "instruments": join_words(instruments),
         "key": key,
         "bpm": bpm,

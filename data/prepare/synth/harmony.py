@@ -10,8 +10,21 @@ from data.prepare.synth.notation import LENGTH, ONSET, PITCH, bar_beats
 _PROFILES = {mode: np.asarray(AardenEssen().getWeights(mode)) for mode in ("major", "minor")}
 # (semitones above the tonic, triad intervals, prior) of the chords an accompaniment may use
 _CHORDS = {
-    "major": ((0, (0, 4, 7), 0.3), (5, (0, 4, 7), 0.2), (7, (0, 4, 7), 0.25), (9, (0, 3, 7), 0.1), (2, (0, 3, 7), 0.05)),
-    "minor": ((0, (0, 3, 7), 0.3), (5, (0, 3, 7), 0.2), (7, (0, 4, 7), 0.25), (3, (0, 4, 7), 0.1), (8, (0, 4, 7), 0.1), (10, (0, 4, 7), 0.05)),
+    "major": (
+        (0, (0, 4, 7), 0.3),
+        (5, (0, 4, 7), 0.2),
+        (7, (0, 4, 7), 0.25),
+        (9, (0, 3, 7), 0.1),
+        (2, (0, 3, 7), 0.05),
+    ),
+    "minor": (
+        (0, (0, 3, 7), 0.3),
+        (5, (0, 3, 7), 0.2),
+        (7, (0, 4, 7), 0.25),
+        (3, (0, 4, 7), 0.1),
+        (8, (0, 4, 7), 0.1),
+        (10, (0, 4, 7), 0.05),
+    ),
 }
 _SHARP_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B")
 _FLAT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
@@ -20,7 +33,9 @@ _FLAT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 def estimate_key(notes: np.ndarray) -> tuple[int, str]:
     """Tonic pitch class and mode whose Aarden-Essen profile best correlates with the
     duration-weighted pitch-class histogram of ``notes`` (rows: onset, length, pitch)."""
-    histogram = np.bincount(notes[:, PITCH].astype(int) % 12, weights=notes[:, LENGTH], minlength=12)
+    histogram = np.bincount(
+        notes[:, PITCH].astype(int) % 12, weights=notes[:, LENGTH], minlength=12
+    )
     if not histogram.any():
         return 0, "major"
     scores = {
@@ -51,9 +66,15 @@ def _windows(bars: np.ndarray) -> list[tuple[float, float, list[float]]]:
     return out
 
 
-def _best_chord(melody: np.ndarray, start: float, end: float, tonic: int, mode: str) -> tuple[int, tuple[int, ...]]:
+def _best_chord(
+    melody: np.ndarray, start: float, end: float, tonic: int, mode: str
+) -> tuple[int, tuple[int, ...]]:
     """The diatonic triad (root pitch class, pitch classes) covering most melody time in the window."""
-    overlap = np.clip(np.minimum(melody[:, ONSET] + melody[:, LENGTH], end) - np.maximum(melody[:, ONSET], start), 0, None)
+    overlap = np.clip(
+        np.minimum(melody[:, ONSET] + melody[:, LENGTH], end) - np.maximum(melody[:, ONSET], start),
+        0,
+        None,
+    )
     classes = melody[:, PITCH].astype(int) % 12
     best, best_score = (tonic, (0, 4, 7)), -1.0
     for degree, triad, prior in _CHORDS[mode]:
@@ -66,7 +87,9 @@ def _best_chord(melody: np.ndarray, start: float, end: float, tonic: int, mode: 
     return best
 
 
-def accompany(melody: np.ndarray, bars: np.ndarray, tonic: int, mode: str, strum: bool) -> tuple[np.ndarray, np.ndarray]:
+def accompany(
+    melody: np.ndarray, bars: np.ndarray, tonic: int, mode: str, strum: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """A bass line (root, then fifth halfway through longer windows) and a chord part (held
     triads, or struck on every beat when ``strum``) under ``melody``; note arrays in the same
     quarter-length time as ``bars``."""
@@ -83,4 +106,6 @@ def accompany(melody: np.ndarray, bars: np.ndarray, tonic: int, mode: str, strum
         strikes = [*beats, end] if strum else [start, end]
         for onset, stop in zip(strikes[:-1], strikes[1:], strict=True):
             chords += [(onset, stop - onset, 55 + (pc - 55) % 12) for pc in members]
-    return np.asarray(bass, dtype=np.float64).reshape(-1, 3), np.asarray(chords, dtype=np.float64).reshape(-1, 3)
+    return np.asarray(bass, dtype=np.float64).reshape(-1, 3), np.asarray(
+        chords, dtype=np.float64
+    ).reshape(-1, 3)

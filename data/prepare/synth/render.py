@@ -29,7 +29,9 @@ def find_soundfont() -> Path:
     """FluidR3_GM when installed (Debian ``fluid-soundfont-gm``), else pretty_midi's TimGM6mb."""
     path = FLUID_R3 if FLUID_R3.exists() else Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
     if not path.exists():
-        raise FileNotFoundError(f"no soundfont: install fluid-soundfont-gm ({FLUID_R3}) or pretty_midi")
+        raise FileNotFoundError(
+            f"no soundfont: install fluid-soundfont-gm ({FLUID_R3}) or pretty_midi"
+        )
     return path
 
 
@@ -39,7 +41,9 @@ def load_fluidsynth():
     try:
         import fluidsynth  # late: importing it loads libfluidsynth
     except ImportError as err:
-        raise FileNotFoundError(f"FluidSynth is unavailable ({err}): install libfluidsynth3 and pyfluidsynth") from err
+        raise FileNotFoundError(
+            f"FluidSynth is unavailable ({err}): install libfluidsynth3 and pyfluidsynth"
+        ) from err
     write = fluidsynth._fl.fluid_synth_write_float
     write.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     write.argtypes += [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
@@ -67,21 +71,32 @@ class Renderer:
         """Render frames ``[start, stop)`` of the stereo float buffer ``out``."""
         if stop > start:
             pointer = out[start:].ctypes.data
-            self._fs._fl.fluid_synth_write_float(synth.synth, stop - start, pointer, 0, 2, pointer, 1, 2)
+            self._fs._fl.fluid_synth_write_float(
+                synth.synth, stop - start, pointer, 0, 2, pointer, 1, 2
+            )
 
     def render(self, instruments: Sequence[pretty_midi.Instrument], num_samples: int) -> np.ndarray:
         """Mono float64 audio of ``instruments`` (drums on the GM drum channel), ``num_samples`` long."""
         melodic = [i for i in instruments if not i.is_drum]
         if len(melodic) > len(_MELODIC_CHANNELS):
-            raise ValueError(f"cannot render {len(melodic)} melodic instruments on 15 MIDI channels")
+            raise ValueError(
+                f"cannot render {len(melodic)} melodic instruments on 15 MIDI channels"
+            )
         synth, sfid = self._new_synth()
         events = []  # (frame, 0 = off / 1 = on, channel, pitch, velocity): offs first at a tie
         channels = iter(_MELODIC_CHANNELS)
         for instrument in instruments:
             channel = DRUM_CHANNEL if instrument.is_drum else next(channels)
-            synth.program_select(channel, sfid, 128 if instrument.is_drum else 0, 0 if instrument.is_drum else instrument.program)
+            synth.program_select(
+                channel,
+                sfid,
+                128 if instrument.is_drum else 0,
+                0 if instrument.is_drum else instrument.program,
+            )
             for note in instrument.notes:
-                events.append((round(note.start * self.sample_rate), 1, channel, note.pitch, note.velocity))
+                events.append(
+                    (round(note.start * self.sample_rate), 1, channel, note.pitch, note.velocity)
+                )
                 events.append((round(note.end * self.sample_rate), 0, channel, note.pitch, 0))
         stereo = np.zeros((num_samples, 2), dtype=np.float32)
         position = 0
