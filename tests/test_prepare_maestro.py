@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from data.decode import SampleSpec, decode_sample
 from data.prepare.maestro import sample_key
 from musicgen.notes import END, PITCH, START, notes_from_midi_bytes
 from tests.fixtures.maestro import PERFORMANCES, RATE, SUSTAINED, write_maestro_copy
+from tests.fixtures.prepared import read_samples
 
 
 @pytest.fixture(autouse=True)
@@ -36,17 +36,6 @@ def root(pristine: Path, tmp_path: Path) -> Path:
 
 def prepare(root: Path, out: Path, *extra: str) -> int:
     return dispatcher.main(["maestro", "--root", str(root), "--out", str(out), *extra])
-
-
-def read_samples(out: Path, split: str) -> dict[str, dict[str, bytes]]:
-    index = json.loads((out / "index.json").read_text())
-    samples: dict[str, dict[str, bytes]] = {}
-    for shard in index["splits"][split]["shards"]:
-        with tarfile.open(out / shard) as tar:
-            for member in tar.getmembers():
-                key, ext = member.name.split(".", 1)
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    return samples
 
 
 def test_official_splits_keys_and_metadata(root: Path, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import soundfile as sf
 import data.prepare.__main__ as dispatcher
 from data.prepare.mtg import Track, caption_for, readable
 from tests.fixtures.mtg import TRACKS, write_mtg_copy
+from tests.fixtures.prepared import read_samples
 
 BY_ID = {t.track_id: t for t in TRACKS}
 SPLIT_TSV = Path("data/splits/split-0")
@@ -31,18 +31,6 @@ def root(pristine: Path, tmp_path: Path) -> Path:
 
 def prepare(root: Path, out: Path, *extra: str) -> int:
     return dispatcher.main(["mtg", "--root", str(root), "--out", str(out), *extra])
-
-
-def read_samples(out: Path, split: str) -> dict[str, dict[str, bytes]]:
-    """Members of every sample of a split, by key, read from the shards listed in index.json."""
-    index = json.loads((out / "index.json").read_text())
-    samples: dict[str, dict[str, bytes]] = {}
-    for shard in index["splits"][split]["shards"]:
-        with tarfile.open(out / shard) as tar:
-            for member in tar.getmembers():
-                key, ext = member.name.split(".", 1)
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    return samples
 
 
 def test_writes_the_official_splits_with_counts(root: Path, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import soundfile as sf
 
 import data.prepare.__main__ as dispatcher
 from tests.fixtures.musiccaps import CLIPS, RATE, audio_path, write_csv, write_musiccaps_copy
+from tests.fixtures.prepared import read_samples
 
 BY_ID = {c.ytid: c for c in CLIPS}
 PRESENT = [c.ytid for c in CLIPS if c.file is not None]
@@ -34,17 +34,6 @@ def prepare(root: Path, out: Path, *extra: str) -> int:
         ["musiccaps", "--csv", str(root / "musiccaps-public.csv"), "--audio", str(root / "audio"),
          "--out", str(out), *extra]
     )  # fmt: skip
-
-
-def read_samples(out: Path, split: str) -> dict[str, dict[str, bytes]]:
-    index = json.loads((out / "index.json").read_text())
-    samples: dict[str, dict[str, bytes]] = {}
-    for shard in index["splits"][split]["shards"]:
-        with tarfile.open(out / shard) as tar:
-            for member in tar.getmembers():
-                key, ext = member.name.split(".", 1)
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    return samples
 
 
 def test_all_present_clips_land_in_test_and_the_missing_one_is_counted(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from data.decode import SampleSpec, decode_sample
 from data.prepare.slakh import MT3_PROGRAMS, stem_program
 from data.shards import STEMS as STEM_GROUPS
 from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, notes_from_midi_bytes
+from tests.fixtures.prepared import read_samples
 from tests.fixtures.slakh import MT3_PROGRAMS as FIXTURE_TOKENS
 from tests.fixtures.slakh import RATE, SECONDS, STEMS, TRACKS, write_slakh_copy
 
@@ -38,17 +38,6 @@ def root(pristine: Path, tmp_path: Path) -> Path:
 
 def prepare(root: Path, out: Path, *extra: str) -> int:
     return dispatcher.main(["slakh", "--root", str(root), "--out", str(out), *extra])
-
-
-def read_samples(out: Path, split: str) -> dict[str, dict[str, bytes]]:
-    index = json.loads((out / "index.json").read_text())
-    samples: dict[str, dict[str, bytes]] = {}
-    for shard in index["splits"][split]["shards"]:
-        with tarfile.open(out / shard) as tar:
-            for member in tar.getmembers():
-                key, ext = member.name.split(".", 1)
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    return samples
 
 
 def test_splits_keys_and_untouched_mix(root: Path, tmp_path: Path) -> None:

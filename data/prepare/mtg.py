@@ -18,7 +18,6 @@ import csv
 import json
 import logging
 import random
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import soundfile as sf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from data.prepare.report import PrepareReport
 from data.shards import ShardWriter, check_key
 
 HELP = "MTG-Jamendo: shard a local copy (official splits, original MP3s, captions from tags)."
@@ -42,8 +42,6 @@ SUBSETS = {
 SPLIT_FILES = {"train": "train", "valid": "validation", "test": "test"}
 HEADER = ("TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION")
 CATEGORIES = {"genre": "genres", "instrument": "instruments", "mood/theme": "moods"}
-WARN_LIMIT = 10  # skipped files named in warnings per reason; the rest are only counted
-LISTED_LIMIT = 100  # skipped files listed in index.json
 
 # Readable forms of the dataset's run-together tag values (the rest are used as they are).
 READABLE = {
@@ -265,38 +263,6 @@ def audio_file(audio_dir: Path, rel_path: str, low_quality: bool) -> Path | None
     return None
 
 
-class Report:
-    """Counts written and skipped tracks; names skipped files in warnings (the first few per reason)."""
-
-    def __init__(self) -> None:
-        self.written: Counter[str] = Counter()
-        self.seconds = 0.0
-        self.skipped: Counter[str] = Counter()
-        self.skipped_files: list[str] = []
-
-    def skip(self, reason: str, path: Path, detail: str = "") -> None:
-        self.skipped[reason] += 1
-        if len(self.skipped_files) < LISTED_LIMIT:
-            self.skipped_files.append(str(path))
-        if self.skipped[reason] <= WARN_LIMIT:
-            log.warning("skipped %s (%s)%s", path, reason, f": {detail}" if detail else "")
-        elif self.skipped[reason] == WARN_LIMIT + 1:
-            log.warning("more %s files: counted in the summary but not named", reason)
-
-    def as_dict(self) -> dict:
-        return {
-            "written": dict(self.written),
-            "total_seconds": round(self.seconds, 3),
-            "skipped": dict(self.skipped),
-            "skipped_files": self.skipped_files,
-        }
-
-    def line(self) -> str:
-        written = ", ".join(f"{split}={self.written[split]}" for split in SPLIT_FILES)
-        skipped = ", ".join(f"{r}={n}" for r, n in sorted(self.skipped.items())) or "none"
-        return f"written {written} ({self.seconds / 3600:.2f} h); skipped {skipped}"
-
-
 def sample_for(track: Track, path: Path, audio_dir: Path) -> tuple[dict[str, bytes], float]:
     """The tar members of one track and its duration; raises ``ValueError`` if the file is not a readable MP3."""
     try:
@@ -396,7 +362,7 @@ def run(args: argparse.Namespace) -> dict:
         for split, name in SPLIT_FILES.items()
     }
 
-    report = Report()
+    report = PrepareReport("files")
     summary = {"subset": args.subset, "split_dir": args.split_dir, "audio_dir": str(audio_dir)}
     for split, tracks in splits.items():
         with (
@@ -416,8 +382,7 @@ def run(args: argparse.Namespace) -> dict:
                     report.skip("unreadable_audio", path, str(err))
                     continue
                 writer.write(track.track_id, members, seconds)
-                report.written[split] += 1
-                report.seconds += seconds
+                report.add(split, seconds)
             writer.extra_index["mtg"] = summary | report.as_dict()
     print(f"mtg: {report.line()} -> {args.out}")
     if not sum(report.written.values()):

@@ -25,13 +25,13 @@ import io
 import json
 import logging
 import re
-from collections import Counter
 from pathlib import Path
 
 import soundfile as sf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from data.prepare.report import PrepareReport
 from data.shards import ShardWriter, check_key
 
 HELP = "MusicCaps: shard the caption CSV and a local folder of its clips (test split by default)."
@@ -51,8 +51,6 @@ COLUMNS = (
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 STORED_AS_IS = {"FLAC": "flac", "MP3": "mp3", "OGG": "ogg"}
 TIMED_NAME = re.compile(r"^(?P<ytid>.+)_\d+(?:\.\d+)?_\d+(?:\.\d+)?$")
-WARN_LIMIT = 10
-LISTED_LIMIT = 100
 CLIP_SLACK_SECONDS = 1.0  # a file this much longer than its clip is probably a whole soundtrack
 
 
@@ -159,40 +157,6 @@ def _audio_meta(info: object) -> dict:
     }
 
 
-class Report:
-    """Written clips per split and skipped clips per reason (the first few named in warnings)."""
-
-    def __init__(self) -> None:
-        self.written: Counter[str] = Counter()
-        self.seconds = 0.0
-        self.skipped: Counter[str] = Counter()
-        self.skipped_clips: list[str] = []
-
-    def skip(self, reason: str, ytid: str, detail: str = "") -> None:
-        self.skipped[reason] += 1
-        if len(self.skipped_clips) < LISTED_LIMIT:
-            self.skipped_clips.append(ytid)
-        if self.skipped[reason] <= WARN_LIMIT:
-            log.warning("skipped %s (%s)%s", ytid, reason, f": {detail}" if detail else "")
-        elif self.skipped[reason] == WARN_LIMIT + 1:
-            log.warning("more %s clips: counted in the summary but not named", reason)
-
-    def as_dict(self) -> dict:
-        return {
-            "written": dict(self.written),
-            "total_seconds": round(self.seconds, 3),
-            "skipped": dict(self.skipped),
-            "skipped_clips": self.skipped_clips,
-        }
-
-    def line(self) -> str:
-        written = (
-            ", ".join(f"{split}={n}" for split, n in sorted(self.written.items())) or "nothing"
-        )
-        skipped = ", ".join(f"{r}={n}" for r, n in sorted(self.skipped.items())) or "none"
-        return f"written {written} ({self.seconds / 3600:.2f} h); skipped {skipped}"
-
-
 def split_of(row: dict, layout: str) -> str:
     return "test" if layout == "test" or row["is_audioset_eval"] else "train"
 
@@ -249,7 +213,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.eval_only:
         rows = [row for row in rows if row["is_audioset_eval"]]
     files = index_audio(audio_dir)
-    report = Report()
+    report = PrepareReport("clips")
     summary = {
         "csv": str(args.csv),
         "audio_dir": str(audio_dir),
@@ -293,8 +257,7 @@ def run(args: argparse.Namespace) -> dict:
                 {ext: data, "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()},
                 meta["duration"],
             )
-            report.written[split] += 1
-            report.seconds += meta["duration"]
+            report.add(split, meta["duration"])
     for writer in writers.values():
         writer.extra_index["musiccaps"] = summary | report.as_dict()
         writer.close()
