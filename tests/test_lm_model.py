@@ -276,3 +276,17 @@ def test_full_prompt_is_returned_as_is():
     model = tiny()
     prompt = torch.randint(0, CARD, (1, 4, 6))
     assert torch.equal(model.generate(num_frames=6, prompt=prompt), prompt)
+
+
+def test_bf16_autocast_training_step_is_close_to_float32():
+    model = tiny().float().train()
+    codes = torch.randint(0, CARD, (2, 4, 10), generator=torch.Generator().manual_seed(0))
+    reference = model.compute_loss(codes).loss
+    expected = torch.autograd.grad(reference, list(model.parameters()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.compute_loss(codes).loss
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    torch.testing.assert_close(loss, reference, atol=0.05, rtol=0.02)
+    for got, want in zip(grads, expected, strict=True):
+        assert got.dtype == torch.float32
+        assert (got - want).norm() <= 0.1 * want.norm() + 1e-6

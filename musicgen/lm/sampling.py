@@ -51,7 +51,8 @@ def sample_next(
         )
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits / temperature
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_p > 0:
         return sample_top_p(logits, top_p, generator)
     if top_k > 0:

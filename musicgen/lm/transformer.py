@@ -17,7 +17,7 @@ from musicgen.lm.config import LMConfig
 
 class SinusoidalPositions(nn.Module):
     """AudioCraft's ``create_sin_embedding``: ``[cos(p w), sin(p w)]`` with
-    ``w_i = max_period ** (-i / (dim / 2 - 1))``."""
+    ``w_i = max_period ** (-i / (dim / 2 - 1))``, from a table that grows on demand."""
 
     def __init__(self, dim: int, max_period: float = 10000.0) -> None:
         super().__init__()
@@ -26,12 +26,18 @@ class SinusoidalPositions(nn.Module):
         self.register_buffer(
             "inv_freq", (max_period**-exponent).to(torch.float32), persistent=False
         )
+        self.register_buffer("table", self._table(0), persistent=False)
+
+    def _table(self, length: int) -> torch.Tensor:
+        positions = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)
+        phase = positions[:, None] * self.inv_freq.float()
+        return torch.cat([phase.cos(), phase.sin()], dim=-1)
 
     def forward(self, start: int, length: int, dtype: torch.dtype) -> torch.Tensor:
         """``(length, dim)`` embeddings of positions ``start .. start + length - 1``."""
-        positions = torch.arange(start, start + length, device=self.inv_freq.device)
-        phase = positions[:, None].float() * self.inv_freq.float()
-        return torch.cat([phase.cos(), phase.sin()], dim=-1).to(dtype)
+        if start + length > self.table.shape[0]:
+            self.table = self._table(max(2 * self.table.shape[0], start + length, 256))
+        return self.table[start : start + length].to(dtype)
 
 
 class KVCache:
