@@ -1,4 +1,8 @@
-"""Counting samples read and skipped, with one warning per skipped sample naming shard and key."""
+"""Counting samples read and skipped, with warnings naming shard and key.
+
+Each (reason, shard, key) is named once (a training stream may crop the same piece again and
+again), and at most :data:`WARN_LIMIT` times per reason and reader; later skips are only counted.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ SKIP_REASONS = (
     "malformed_json",
     "malformed_midi",
 )
+WARN_LIMIT = 20
 
 
 class SkipCounter:
@@ -28,6 +33,7 @@ class SkipCounter:
         self.samples = 0
         self.seconds = 0.0
         self.skipped: Counter[str] = Counter()
+        self._named: set[tuple[str, str, str | None]] = set()
 
     def read(self, seconds: float) -> None:
         """Count one sample delivered with ``seconds`` of audio."""
@@ -35,12 +41,20 @@ class SkipCounter:
         self.seconds += seconds
 
     def skip(self, reason: str, shard: str, key: str | None, detail: str = "") -> None:
-        """Count one skipped sample and log a warning naming its shard and key."""
+        """Count one skipped sample; warn the first time its shard and key skip for ``reason``."""
         if reason not in SKIP_REASONS:
             raise ValueError(f"unknown skip reason {reason!r}")
         self.skipped[reason] += 1
-        where = f"{shard} key {key}" if key else shard
-        log.warning("skipped %s (%s)%s", where, reason, f": {detail}" if detail else "")
+        if (reason, shard, key) in self._named:
+            return
+        named = sum(1 for r, _, _ in self._named if r == reason)
+        if named < WARN_LIMIT:
+            self._named.add((reason, shard, key))
+            where = f"{shard} key {key}" if key else shard
+            log.warning("skipped %s (%s)%s", where, reason, f": {detail}" if detail else "")
+        elif named == WARN_LIMIT:
+            self._named.add((reason, "", None))
+            log.warning("more samples skipped (%s): counted, no longer named", reason)
 
     def summary(self) -> str:
         """Skip counts as ``reason=n, ...`` (or ``none``)."""

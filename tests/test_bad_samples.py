@@ -13,6 +13,7 @@ import soundfile as sf
 
 from data.decode import SampleSpec
 from data.shards import ShardWriter
+from data.skips import WARN_LIMIT, SkipCounter
 from data.streams import EvalStream
 from tests.fixtures.toy_shards import RATE, toy_sample
 
@@ -118,3 +119,17 @@ def test_caption_required_only_when_asked(bad_dataset: Path) -> None:
         {"malformed_json": 1, "non_finite": 1, "silent": 1, "too_short": 1, "undecodable_audio": 1},
         sort_keys=True,
     )
+
+
+def test_repeated_skips_are_counted_but_named_once(caplog: pytest.LogCaptureFixture) -> None:
+    counter = SkipCounter()
+    with caplog.at_level(logging.WARNING, logger="data"):
+        for _ in range(3):  # a training stream cropping the same silent piece again and again
+            counter.skip("silent", "train-000000.tar", "quiet")
+        for i in range(WARN_LIMIT + 5):
+            counter.skip("too_short", "train-000000.tar", f"k{i}")
+    messages = [r.getMessage() for r in caplog.records]
+    assert counter.skipped == {"silent": 3, "too_short": WARN_LIMIT + 5}
+    assert sum("key quiet (silent)" in m for m in messages) == 1
+    assert sum("(too_short)" in m and "key" in m for m in messages) == WARN_LIMIT
+    assert sum("no longer named" in m for m in messages) == 1
