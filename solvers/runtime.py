@@ -197,8 +197,22 @@ def run_entry(task: Callable[[DictConfig], object], cfg: DictConfig) -> None:
     """
     try:
         task(cfg)
-    except UserError as err:
-        if os.environ.get("SUBMITIT_EXECUTOR"):
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None or os.environ.get("SUBMITIT_EXECUTOR"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
+
+
+def find_user_error(err: BaseException) -> UserError | None:
+    """``err`` or the :class:`UserError` it wraps (Hydra's ``instantiate`` wraps what a solver's
+    constructor raises in an ``InstantiationException``)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

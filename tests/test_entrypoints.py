@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
 
-from solvers.runtime import register_resolvers, run_hash
+from musicgen.errors import UserError
+from solvers.runtime import register_resolvers, run_entry, run_hash
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_CONF = REPO / "tests" / "fixtures" / "conf"
@@ -171,3 +174,28 @@ def test_every_config_group_option_composes(group: str, option: str) -> None:
     }
     assert resolved["run"]["name"].startswith(f"toy-{resolved['dataset']['name']}-")
     assert set(resolved["dataset"]["provides"]) <= {"audio", "stems", "notes", "caption"}
+
+
+def test_a_user_error_raised_inside_instantiate_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    def task(cfg: object) -> None:  # what hydra.utils.instantiate does with a solver's UserError
+        try:
+            raise UserError("solver.module.codec_checkpoint does not exist: train a codec first")
+        except UserError as err:
+            raise InstantiationException("Error in call to target 'Solver'") from err
+
+    with pytest.raises(SystemExit) as info:
+        run_entry(task, OmegaConf.create({}))
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: solver.module.codec_checkpoint does not exist: train a codec first\n"
+    )
+
+
+def test_other_errors_are_not_swallowed() -> None:
+    def task(cfg: object) -> None:
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_entry(task, OmegaConf.create({}))
