@@ -2,7 +2,9 @@
 
 Writes ``OUT/<key>.wav`` (the mix) and ``OUT/<key>.png`` (its spectrogram on a log-frequency
 axis with the sample's notes drawn over it, one colour per instrument), so a person can check
-that audio and notes agree.
+that audio and notes agree. With ``--melody`` it also writes ``OUT/<key>.melody.wav``, the sum of
+the sample's vocals and other stems (what MusicGen-Melody's oracle stemmer keeps), and
+``OUT/<key>.txt``, its caption: inputs for ``python -m musicgen.generate``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import torch  # noqa: E402
 
 from data.decode import SampleSpec  # noqa: E402
 from data.shardlist import split_shards  # noqa: E402
+from data.shards import STEMS  # noqa: E402
 from data.skips import SkipCounter  # noqa: E402
 from data.streams import decoded_samples  # noqa: E402
 from musicgen.errors import UserError  # noqa: E402
 from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, crop_notes  # noqa: E402
+
+MELODY_STEMS = ("vocals", "other")
 
 
 def plot_spectrogram_with_notes(
@@ -77,10 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder for the WAV and PNG")
     parser.add_argument("--split", default="valid")
     parser.add_argument("--seconds", type=float, default=12.0, help="preview length (default 12 s)")
+    parser.add_argument(
+        "--melody", action="store_true", help="also write the vocals+other stems and the caption"
+    )
     args = parser.parse_args(argv)
+    fields = ("audio", "notes", "caption") + (("stems",) if args.melody else ())
     try:
         shards = split_shards(args.root, args.split)
-        spec = SampleSpec(32000, 1, None, ("audio", "notes", "caption"), "none")
+        spec = SampleSpec(32000, 1, None, fields, "none")
         sample = next(decoded_samples(shards, spec, np.random.default_rng(0), SkipCounter()), None)
         if sample is None:
             raise UserError(f"no readable sample in the {args.split} split of {args.root}")
@@ -97,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         audio, spec.sample_rate, notes, sample["caption"], out / f"{name}.png"
     )
     print(f"wrote {out / name}.wav and {out / name}.png: {sample['caption']}")
+    if args.melody:
+        keep = [STEMS.index(stem) for stem in MELODY_STEMS]
+        melody = sample["stems"][keep, 0, : len(audio)].sum(0).numpy()
+        sf.write(out / f"{name}.melody.wav", melody, spec.sample_rate)
+        (out / f"{name}.txt").write_text(sample["caption"] + "\n")
+        print(f"wrote {out / name}.melody.wav ({' + '.join(MELODY_STEMS)}) and {out / name}.txt")
     return 0
 
 
