@@ -16,8 +16,9 @@ DEMO_RUN := $(PY) train.py paths.data_dir=$(DATA) paths.runs_dir=$(RUNS) logger=
 DEMO_EVAL := $(PY) evaluate.py paths.data_dir=$(DATA) paths.runs_dir=$(RUNS)
 CODEC_CKPT := $(RUNS)/demo-compression/checkpoints/last.ckpt
 MT3_CKPT := $(RUNS)/demo-mt3/checkpoints/last.ckpt
+MUSICGEN_CKPT := $(RUNS)/demo-musicgen-melody/checkpoints/last.ckpt
 
-.PHONY: install system-packages demo demo-data demo-compression demo-mt3 test test-all lint bench clean
+.PHONY: install system-packages demo demo-data demo-compression demo-mt3 demo-musicgen test test-all lint bench clean
 
 install: system-packages $(STAMP)
 
@@ -41,7 +42,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 # The main job on the embedded default (about 20 minutes on 2 cores): build the synthetic dataset,
 # inspect and preview it, then train and evaluate each solver's CPU-tiny preset on it.
-demo: demo-data demo-compression demo-mt3
+demo: demo-data demo-compression demo-mt3 demo-musicgen
 
 demo-data: install
 	@test -f $(DATA)/synth/index.json || $(PY) -m data.prepare synth --out $(DATA)/synth
@@ -55,6 +56,15 @@ demo-compression: demo-data
 demo-mt3: demo-data
 	$(DEMO_RUN) experiment=mt3_tiny run.name=demo-mt3
 	$(DEMO_EVAL) solver=mt3 experiment=mt3_tiny checkpoint=$(MT3_CKPT)
+
+# MusicGen-Melody on the tiny codec's tokens; then a sample that follows a held-out test melody.
+demo-musicgen: demo-compression
+	$(DEMO_RUN) experiment=musicgen_melody_tiny run.name=demo-musicgen-melody
+	$(DEMO_EVAL) solver=musicgen_melody experiment=musicgen_melody_tiny checkpoint=$(MUSICGEN_CKPT)
+	$(PY) -m data.preview $(DATA)/synth --split test --seconds 8 --melody --out $(DEMO_OUT)/melody
+	melody=$$(ls $(DEMO_OUT)/melody/*.melody.wav | head -n 1); \
+	$(PY) -m musicgen.generate --checkpoint $(MUSICGEN_CKPT) --text "$$(cat $${melody%.melody.wav}.txt)" \
+	  --melody $$melody --duration 8 --out $(DEMO_OUT)/musicgen_melody_sample.wav
 
 test: install
 	$(PY) -m pytest $(PYTEST_FLAGS)
@@ -71,6 +81,7 @@ bench: install
 	$(PY) benchmarks/compression.py
 	$(PY) benchmarks/transcription.py
 	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/musicgen.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
