@@ -164,24 +164,18 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     environment with its auto-requeue off (submitit owns requeue: see solvers/preemption.py)."""
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     plugins = [AtomicCheckpointIO(), *cluster_plugins()]
+    extra = {}
+    if cfg.trainer.get("strategy") == "ddp" and cfg.solver.get("ddp_find_unused_parameters"):
+        # GAN solvers: each of their two optimiser steps leaves the other model without gradients.
+        extra["strategy"] = "ddp_find_unused_parameters_true"
     return instantiate(
         cfg.trainer,
         logger=logger,
         callbacks=build_callbacks(cfg, run_dir),
         plugins=plugins,
         default_root_dir=str(run_dir),
-        strategy=trainer_strategy(cfg),
+        **extra,
     )
-
-
-def trainer_strategy(cfg: DictConfig) -> object:
-    """``trainer.strategy``, with plain ``ddp`` turned into ``ddp_find_unused_parameters_true`` for
-    solvers that declare ``ddp_find_unused_parameters: true`` (GAN solvers: each of their two
-    optimiser steps leaves the other model's parameters without gradients)."""
-    strategy = cfg.trainer.get("strategy", "auto")
-    if strategy == "ddp" and cfg.solver.get("ddp_find_unused_parameters", False):
-        return "ddp_find_unused_parameters_true"
-    return strategy
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from musicgen.errors import UserError
-from solvers.runtime import register_resolvers, run_entry, run_hash
+from solvers.runtime import build_trainer, register_resolvers, run_entry, run_hash
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_CONF = REPO / "tests" / "fixtures" / "conf"
@@ -146,34 +147,59 @@ def test_unprepared_dataset_names_the_fix(tmp_path: Path) -> None:
     )
 
 
-GROUPS = {
-    "dataset": ["synth", "mtg"],
-    "trainer": ["cpu", "gpu", "ddp", "debug"],
-    "logger": ["wandb", "csv"],
-}
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (REPO / "conf" / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
-def test_every_config_group_option_composes(group: str, option: str) -> None:
+# Every option of every group, on top of the toy solver; solvers and presets on their own.
+CASES = [
+    (f"{group}={option}", "solver=toy")
+    for group in ("dataset", "trainer", "logger", "cluster")
+    for option in options(group)
+]
+CASES += [(f"solver={option}", "") for option in options("solver")]
+CASES += [
+    (f"experiment={option}", "solver=musicgen" if option.startswith("musicgen") else "")
+    for option in options("experiment")
+]
+
+
+def compose_train(*overrides: str) -> DictConfig:
+    """train.yaml composed with ``overrides`` (and the toy solver's search path), hydra config set."""
     register_resolvers()
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
             "train",
-            overrides=[f"hydra.searchpath=[file://{TOY_CONF}]", "solver=toy", f"{group}={option}"],
+            overrides=[f"hydra.searchpath=[file://{TOY_CONF}]", *filter(None, overrides)],
             return_hydra_config=True,
         )
-    from hydra.core.hydra_config import HydraConfig
-
     HydraConfig.instance().set_config(cfg)
-    from omegaconf import OmegaConf
+    return cfg
 
+
+@pytest.mark.parametrize("override,base", CASES)
+def test_every_config_group_option_composes(override: str, base: str) -> None:
+    cfg = compose_train(base, override)
     resolved = {
         k: OmegaConf.to_container(v, resolve=True)
         for k, v in cfg.items()
         if k != "hydra" and OmegaConf.is_config(v)
     }
-    assert resolved["run"]["name"].startswith(f"toy-{resolved['dataset']['name']}-")
+    assert resolved["run"]["name"].startswith(
+        f"{resolved['solver']['name']}-{resolved['dataset']['name']}-"
+    )
     assert set(resolved["dataset"]["provides"]) <= {"audio", "stems", "notes", "caption"}
+    assert set(resolved["solver"]["data"]["fields"]) <= {"audio", "stems", "notes", "caption"}
+
+
+@pytest.mark.parametrize(("solver", "expected"), [("compression", True), ("mt3", False)])
+def test_gan_solvers_get_ddp_with_unused_parameters(
+    solver: str, expected: bool, tmp_path: Path
+) -> None:
+    cfg = compose_train(f"solver={solver}", "trainer=ddp", "logger=csv")
+    trainer = build_trainer(cfg, tmp_path)
+    assert type(trainer.strategy).__name__ == "DDPStrategy"
+    assert trainer.strategy._ddp_kwargs.get("find_unused_parameters", False) is expected
 
 
 def test_a_user_error_raised_inside_instantiate_is_one_line_and_exit_2(
