@@ -69,7 +69,9 @@ def _open_audio(data: bytes, what: str) -> sf.SoundFile:
         raise SkipSample("undecodable_audio", f"{what}: {err}") from err
 
 
-def _read_frames(audio: sf.SoundFile, start: int, frames: int, what: str) -> tuple[np.ndarray, float]:
+def _read_frames(
+    audio: sf.SoundFile, start: int, frames: int, what: str
+) -> tuple[np.ndarray, float]:
     """``frames`` frames from ``start`` as (channels, frames) float32, and their mean square."""
     try:
         audio.seek(start)
@@ -79,10 +81,14 @@ def _read_frames(audio: sf.SoundFile, start: int, frames: int, what: str) -> tup
     if data.shape[0] != frames:
         raise SkipSample("undecodable_audio", f"{what}: got {data.shape[0]} of {frames} frames")
     flat = data.reshape(-1)
-    mean_square = float(np.dot(flat, flat)) / max(flat.size, 1)  # NaN/Inf anywhere make this non-finite
+    mean_square = float(np.dot(flat, flat)) / max(
+        flat.size, 1
+    )  # NaN/Inf anywhere make this non-finite
     if not math.isfinite(mean_square):
         raise SkipSample("non_finite", f"{what} contains NaN or Inf")
-    return (data.reshape(1, -1) if data.shape[1] == 1 else np.ascontiguousarray(data.T)), mean_square
+    return (
+        data.reshape(1, -1) if data.shape[1] == 1 else np.ascontiguousarray(data.T)
+    ), mean_square
 
 
 def _crop_window(total: int, wanted: int, crop: str, rng: np.random.Generator) -> tuple[int, int]:
@@ -149,7 +155,9 @@ def decode_sample(raw: RawSample, spec: SampleSpec, rng: np.random.Generator) ->
     length = round(frames * spec.sample_rate / native_rate)
 
     def to_tensor(frames_array: np.ndarray) -> torch.Tensor:
-        wav = convert_audio(torch.from_numpy(frames_array), native_rate, spec.sample_rate, spec.channels)
+        wav = convert_audio(
+            torch.from_numpy(frames_array), native_rate, spec.sample_rate, spec.channels
+        )
         return fit_length(wav, length)
 
     out: dict = {

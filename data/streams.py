@@ -141,7 +141,9 @@ class TrainStream(IterableDataset):
         np_rng = np.random.default_rng([self.seed, reader])
         samples = decoded_samples(self._endless_shards(mine, rng), self.spec, np_rng, self.skips)
         if self.shuffle_buffer > 1:
-            samples = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 32), rng=rng)(samples)
+            samples = wds.shuffle(
+                self.shuffle_buffer, initial=min(self.shuffle_buffer, 32), rng=rng
+            )(samples)
         yield from batched(samples, self.batch_size, drop_last=True)
 
 
@@ -149,7 +151,12 @@ class EvalStream(IterableDataset):
     """Finite, deterministic stream in which each sample appears once across ranks and workers."""
 
     def __init__(
-        self, shards: list[str], spec: SampleSpec, batch_size: int, rank: int = 0, world_size: int = 1
+        self,
+        shards: list[str],
+        spec: SampleSpec,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
         self.shards, self.spec, self.batch_size = list(shards), spec, batch_size
@@ -158,7 +165,9 @@ class EvalStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         reader, readers = _reader_index(self.rank, self.world_size)
-        rng = np.random.default_rng(0)  # only used by crop="random", which evaluation should not use
+        rng = np.random.default_rng(
+            0
+        )  # only used by crop="random", which evaluation should not use
         samples = decoded_samples(
             self.shards, self.spec, rng, self.skips, keep=lambda i: i % readers == reader
         )
