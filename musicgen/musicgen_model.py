@@ -31,17 +31,26 @@ GENERATION = {"cfg_coef": 3.0, "temperature": 1.0, "top_k": 250, "top_p": 0.0, "
 
 
 def build_conditions(
-    dim: int, sample_rate: int, text: dict | None, melody: dict | None
+    dim: int,
+    sample_rate: int,
+    text: dict | None,
+    melody: dict | None,
+    codec_hop: int | None = None,
 ) -> ConditionProvider:
     """The condition provider: ``text`` holds :class:`TextConditioner` arguments (None: no text),
     ``melody`` the :class:`MelodyConditioner` ones plus ``stemmer`` (its kind: demucs, oracle or
-    none) and ``stemmers`` (options per kind, e.g. ``{demucs: {name, repo}}``); None: no melody."""
+    none), ``stemmers`` (options per kind, e.g. ``{demucs: {name, repo}}``) and ``step_aligned``
+    (one melody frame per LM step: ``frame_hop`` = ``codec_hop``); None: no melody."""
     text_conditioner = TextConditioner(output_dim=dim, **text) if text is not None else None
     melody_conditioner = None
     if melody is not None:
         options = dict(melody)
         kind = options.pop("stemmer", "none")
         stemmer = build_stemmer(kind, **dict(options.pop("stemmers", None) or {}).get(kind, {}))
+        if options.pop("step_aligned", False):
+            if codec_hop is None:
+                raise ValueError("a step-aligned melody needs the codec's hop (codec_hop)")
+            options["frame_hop"] = codec_hop
         melody_conditioner = MelodyConditioner(
             output_dim=dim, sample_rate=sample_rate, stemmer=stemmer, **options
         )
@@ -90,7 +99,9 @@ class MusicGen(nn.Module):
         """A new model on ``codec``; ``lm`` holds :class:`LMConfig` fields (``card`` defaults to
         the codec's codebook size)."""
         config = LMConfig.from_dict({"card": codec.cardinality, **lm})
-        conditions = build_conditions(config.dim, codec.sample_rate, text, melody)
+        conditions = build_conditions(
+            config.dim, codec.sample_rate, text, melody, codec.config.hop_length
+        )
         return cls(codec, MusicLM(config), conditions, text, melody)
 
     def train(self, mode: bool = True) -> MusicGen:
@@ -135,11 +146,12 @@ class MusicGen(nn.Module):
         return extractor.to(wav.device)(wav)
 
     def melody_chroma(self, wav: torch.Tensor, stems: torch.Tensor | None = None) -> torch.Tensor:
-        """The melody condition's chromagram ``(B, F, n_chroma)``: of the stemmed ``wav``."""
+        """The melody condition's chromagram ``(B, F, n_chroma)`` of the stemmed ``wav``, at the
+        chroma hop (as :meth:`chroma` gives it) over the span the condition covers."""
         melody = self.conditions.melody
         if melody is None:
             raise UserError("this model has no melody conditioning: use a musicgen_melody model")
-        return melody.extract(wav, stems)
+        return melody.covered_chroma(wav, stems)
 
     def melody_as_stems(self, wav: torch.Tensor) -> torch.Tensor | None:
         """``wav (B, C, T)`` as the stems an ``oracle`` model keeps (``None`` for other stemmers):
@@ -189,7 +201,7 @@ class MusicGen(nn.Module):
             melody_inputs["drop_melody"] = all_rows if drop or melody is None else no_rows
             if melody is None:
                 conditioner = self.conditions.melody
-                frames = conditioner.num_frames(length)
+                frames = conditioner.chroma.num_frames(length)  # at the chroma hop, as a cache's
                 melody_inputs["chroma"] = torch.zeros(size, frames, conditioner.n_chroma)
             else:
                 melody_inputs |= {"wav": melody, "stems": stems}

@@ -19,6 +19,7 @@ paper's Table 1, with the published MusicGen rows beside ours.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -134,12 +135,14 @@ def load_codec(path: str | None) -> CompressionModel:
 
 
 def melody_frames(melody: dict, codec: CompressionModel, seconds: float) -> int:
-    """Chroma frames of a training segment: the melody condition's fixed length, so the melody
-    prefix has the same length (and the audio the same offset) in training and generation."""
+    """Frames of the melody condition for a training segment: its fixed length, so the melody
+    prefix has the same length (and the audio the same offset) in training and generation.
+    Chroma frames, or one frame per codec frame when the melody is ``step_aligned``."""
+    samples = round(seconds * codec.sample_rate)
+    if melody.get("step_aligned"):
+        return math.ceil(samples / codec.config.hop_length)
     options = {k: melody[k] for k in ("n_chroma", "winlen", "hop") if k in melody}
-    return ChromaExtractor(codec.sample_rate, **options).num_frames(
-        round(seconds * codec.sample_rate)
-    )
+    return ChromaExtractor(codec.sample_rate, **options).num_frames(samples)
 
 
 def chroma_image(

@@ -219,6 +219,40 @@ def test_text_encoder_is_frozen_and_out_of_the_checkpoint(minilm: TextConditione
     minilm.zero_grad()
 
 
+class CountingEncoder(torch.nn.Module):
+    """Wraps an encoder, recording the batch size of every call."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = encoder, []
+
+    def forward(self, **inputs):
+        self.calls.append(inputs["input_ids"].shape[0])
+        return self.inner(**inputs)
+
+
+def test_text_cache_gives_the_encoders_outputs_and_encodes_each_text_once() -> None:
+    torch.manual_seed(0)
+    cached = TextConditioner(output_dim=16, cache_size=3)
+    uncached = TextConditioner(output_dim=16, cache_size=0)
+    uncached.proj.load_state_dict(cached.proj.state_dict())
+    counter = CountingEncoder(cached.encoder)
+    cached.__dict__["encoder"] = counter
+    first = ["a calm chorale", None, "a folk tune in D major", "a calm chorale"]
+    second = ["a folk tune in D major", "a string quartet", "a calm chorale"]
+    for texts in (first, second):
+        emb, mask = cached(texts)
+        expected, expected_mask = uncached(texts)  # the batch through the encoder, padded
+        assert torch.equal(mask, expected_mask)
+        torch.testing.assert_close(emb, expected, atol=1e-5, rtol=1e-5)
+    # distinct texts ("" for None) once each: 3 in the first batch, then only the quartet
+    assert counter.calls == [3, 1]
+    assert list(cached._cache) == ["a folk tune in D major", "a string quartet", "a calm chorale"]
+    emb, _ = cached(["a calm chorale"])
+    emb.sum().backward()  # the projection still trains on cached states
+    assert cached.proj.weight.grad is not None and counter.calls == [3, 1]
+
+
 def tiny_t5(folder: Path) -> Path:
     """A tiny random T5 encoder with a (borrowed) tokenizer, saved with save_pretrained."""
     from transformers import AutoTokenizer, T5Config, T5EncoderModel
@@ -331,6 +365,33 @@ def test_melody_duration_frames_crops_and_loops() -> None:
     chroma = torch.eye(12)[torch.arange(30) % 12][None]
     emb, mask = melody(chroma=chroma)
     assert emb.shape == (1, 20, 4) and mask.all()
+
+
+def test_step_aligned_melody_frames_take_the_nearest_chroma_frame() -> None:
+    hop, frame_hop = 512, 128
+    melody = MelodyConditioner(4, RATE, NoStemmer(), winlen=2048, hop=hop, frame_hop=frame_hop)
+    wav = torch.cat([tone(440.0, 0.5), tone(261.63, 0.5)])[None, None]  # A, then C at 0.5 s
+    coarse = melody.stemmed_chroma(wav)
+    fine = melody.extract(wav)
+    assert fine.shape == (1, math.ceil(wav.shape[-1] / frame_hop), 12)
+    centres = (torch.arange(fine.shape[1]) + 0.5) * frame_hop
+    nearest = (centres[:, None] - torch.arange(coarse.shape[1]) * hop).abs().argmin(1)
+    assert torch.equal(fine[0], coarse[0, nearest])
+    seconds = centres / RATE
+    pitch = fine[0].argmax(-1)
+    inner = seconds > 0.05  # (the first frame sees the reflect-padded edge)
+    assert (pitch[inner & (seconds < 0.45)] == 9).all() and (pitch[seconds > 0.55] == 0).all()
+    # a fixed length counts fine frames; the compared chroma stays at the chroma hop
+    fixed = MelodyConditioner(
+        4, RATE, NoStemmer(), winlen=2048, hop=hop, frame_hop=frame_hop, duration_frames=100
+    )
+    assert fixed.extract(wav).shape[1] == 100 and fixed.num_frames(10**6) == 100
+    assert torch.equal(fixed.covered_chroma(wav), coarse[:, :25])
+    emb, mask = fixed(chroma=coarse)  # cached chroma (chroma hop) is put on the same grid
+    torch.testing.assert_close(emb, fixed(wav)[0])
+    assert mask.all()
+    with pytest.raises(ValueError, match="divide"):
+        MelodyConditioner(4, RATE, hop=512, frame_hop=300)
 
 
 def test_cfg_dropout_rates() -> None:

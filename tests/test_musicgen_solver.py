@@ -76,13 +76,14 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def make_solver(assets: dict, melody: bool = True, **kwargs) -> MusicGenSolver:
+def make_solver(assets: dict, melody: bool | dict = True, **kwargs) -> MusicGenSolver:
+    """A tiny solver; ``melody``: True for :data:`MELODY`, a dict for other melody settings."""
     torch.manual_seed(0)
     options = dict(
         lm=TINY_LM,
         codec_checkpoint=str(assets["codec"]),
         text={"local_dir": str(assets["text"])},
-        melody=MELODY if melody else None,
+        melody=(melody if isinstance(melody, dict) else MELODY) if melody else None,
         data_fields=["audio", "caption", "stems"],
         segment_seconds=1.0,
         generation={"top_k": 20},
@@ -159,14 +160,16 @@ def test_composed_melody_preset_builds_the_solver(assets: dict, toy_dataset: Pat
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     assert cfg.solver.name == "musicgen_melody" and "stems" in cfg.solver.data.fields
-    assert cfg.trainer.max_steps == 1500 and cfg.loader.batch_size == 8  # the preset wins
+    assert cfg.trainer.max_steps == 450 and cfg.loader.batch_size == 8  # the preset wins
+    assert cfg.solver.data.segment_seconds == cfg.solver.data.eval_segment_seconds == 2.0
     solver = instantiate(cfg.solver.module, _convert_="all")
     assert isinstance(solver.model, MusicGen) and solver.model.has_melody
-    assert solver.model.lm.config.card == 64 and solver.model.lm.config.n_q == 4
+    assert solver.model.lm.config.card == 64 and solver.model.lm.config.n_q == 2
     assert solver.hparams["codec"]["bins"] == 64
-    # 3 s segments at 16 kHz, hop 4096: 47999 // 4096 + 1 chroma frames per melody prefix
-    assert solver.hparams["melody"]["duration_frames"] == 48000 // 4096 + 1
-    assert (solver.cfg_dropout, solver.melody_dropout) == (0.2, 0.5)
+    # 2 s segments at 16 kHz, step-aligned: one melody frame per codec frame (hop 128)
+    assert solver.hparams["melody"]["duration_frames"] == 32000 // 128
+    assert solver.model.conditions.melody.frame_hop == 128
+    assert (solver.cfg_dropout, solver.melody_dropout) == (0.1, 0.1)
     optim = solver.configure_optimizers()["optimizer"]
     assert isinstance(optim, torch.optim.AdamW)
     assert optim.defaults["betas"] == (0.9, 0.95) and optim.defaults["weight_decay"] == 0.1
@@ -203,8 +206,7 @@ def test_missing_codec_checkpoint_is_a_user_error(toy_dataset: Path, tmp_path: P
     assert isinstance(error, UserError)
     message = str(error)
     assert (
-        "\n" not in message
-        and "compression_tiny_demo/checkpoints/last.ckpt does not exist" in message
+        "\n" not in message and "demo-compression/checkpoints/last.ckpt does not exist" in message
     )
     assert "experiment=compression_tiny" in message
     with pytest.raises(UserError, match="codec_checkpoint is not set"):
@@ -216,6 +218,33 @@ def test_oracle_stemmer_needs_the_stems_field(assets: dict) -> None:
         make_solver(assets, data_fields=["audio", "caption"])
     with pytest.raises(UserError, match="probability"):
         make_solver(assets, cfg_dropout=1.5)
+
+
+@pytest.mark.parametrize("step_aligned", [False, True])
+def test_the_melody_prefix_reaches_the_lm(assets: dict, step_aligned: bool) -> None:
+    solver = make_solver(assets, melody={**MELODY, "step_aligned": step_aligned})
+    model, batch = solver.model, tone_batch()
+    hop = model.codec.config.hop_length
+    # 1 s segments: chroma frames (hop 512), or one frame per codec frame
+    expected = RATE // hop if step_aligned else RATE // MELODY["hop"] + 1
+    assert solver.hparams["melody"]["duration_frames"] == expected
+    codes = model.tokens(batch["audio"])
+    swapped = batch["stems"].flip(0)  # each item gets the other item's melody
+
+    def logits(stems: torch.Tensor, drop: bool) -> torch.Tensor:
+        prefix, mask = model.conditions(
+            batch["caption"],
+            wav=batch["audio"],
+            stems=stems,
+            drop_melody=torch.full((2,), drop),
+        )
+        return model.lm(codes, prefix, mask)
+
+    assert not torch.allclose(logits(batch["stems"], False), logits(swapped, False))
+    torch.testing.assert_close(logits(batch["stems"], True), logits(swapped, True))
+    # the metric compares chroma at the chroma hop, whatever the prefix's frame rate
+    scores = solver.chroma_scores(batch, {"melody": batch["stems"][:, 2], "swapped": swapped[:, 2]})
+    assert scores["melody"] == pytest.approx(1.0) and scores["swapped"] < 0.5
 
 
 def test_cfg_and_melody_dropout(assets: dict) -> None:

