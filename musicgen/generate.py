@@ -35,6 +35,7 @@ def generate(
     temperature: float = 1.0,
     seed: int = 0,
     device: str = "cpu",
+    extend_stride: float | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Write ``out`` (16-bit WAV at the model's rate); returns its audio ``(C, T)`` and rate."""
     model = MusicGen.from_checkpoint(checkpoint, device)
@@ -55,6 +56,7 @@ def generate(
         top_p=top_p,
         generator=generator,
         progress=True,
+        extend_stride=extend_stride,
     )[0]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--extend-stride",
+        type=float,
+        default=None,
+        help="beyond the training segment, windows advance by this many seconds (default: half)",
+    )
     args = parser.parse_args(argv)
     try:
         audio, rate = generate(
@@ -91,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             args.temperature,
             args.seed,
             args.device,
+            args.extend_stride,
         )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -79,6 +79,7 @@ class MusicGen(nn.Module):
         conditions: ConditionProvider,
         text: dict | None = None,
         melody: dict | None = None,
+        segment_seconds: float | None = None,
     ) -> None:
         super().__init__()
         if lm.config.n_q > codec.num_codebooks or lm.config.card != codec.cardinality:
@@ -91,18 +92,24 @@ class MusicGen(nn.Module):
         self.lm = lm
         self.conditions = conditions
         self.settings = {"text": text, "melody": melody}
+        self.segment_seconds = segment_seconds  # the training segment: longer output is windowed
 
     @classmethod
     def build(
-        cls, codec: CompressionModel, lm: dict, text: dict | None, melody: dict | None
+        cls,
+        codec: CompressionModel,
+        lm: dict,
+        text: dict | None,
+        melody: dict | None,
+        segment_seconds: float | None = None,
     ) -> MusicGen:
         """A new model on ``codec``; ``lm`` holds :class:`LMConfig` fields (``card`` defaults to
-        the codec's codebook size)."""
+        the codec's codebook size); ``segment_seconds`` is the training segment length."""
         config = LMConfig.from_dict({"card": codec.cardinality, **lm})
         conditions = build_conditions(
             config.dim, codec.sample_rate, text, melody, codec.config.hop_length
         )
-        return cls(codec, MusicLM(config), conditions, text, melody)
+        return cls(codec, MusicLM(config), conditions, text, melody, segment_seconds)
 
     def train(self, mode: bool = True) -> MusicGen:
         super().train(mode)
@@ -228,8 +235,13 @@ class MusicGen(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        extend_stride: float | None = None,
     ) -> torch.Tensor:
         """Audio ``(B, channels, duration * sample_rate)`` for the captions ``texts``.
+
+        Beyond the training segment (``segment_seconds``) the audio is generated in windows of
+        one segment that advance by ``extend_stride`` seconds (default: half a segment), each
+        prompted with the overlap and conditioned on its own part of the melody.
 
         ``melody`` (melody models only) is cropped or repeated to ``duration``; ``melody_stems``
         ``(B, S, C, T)`` at the model's rate are what the ``oracle`` stemmer keeps from.
@@ -246,25 +258,81 @@ class MusicGen(nn.Module):
             wav = self.prepare_melody(melody, melody_sr, length, len(texts)).to(device)
             if melody_stems is not None:
                 stems = fit_melody(melody_stems.float(), length).to(device)
+        hop = self.codec.config.hop_length
+        total = math.ceil(length / hop)
+        window, stride = self._windows(total, extend_stride)
+        sampling = {
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "use_cache": use_cache,
+            "generator": generator,
+            "progress": progress,
+        }
+        codes, start = None, 0
+        while True:  # one window of at most a training segment; each continues the previous one
+            frames = min(window, total - start)
+            span = slice(start * hop, min((start + frames) * hop, length))
+            new = self._generate_window(
+                texts,
+                span.stop - span.start,
+                None if wav is None else wav[..., span],
+                None if stems is None else stems[..., span],
+                frames,
+                None if codes is None else codes[..., start:],
+                cfg_coef,
+                sampling,
+            )
+            codes = new if codes is None else torch.cat([codes[..., :start], new], dim=-1)
+            if start + frames >= total:
+                break
+            start += stride
+        return self.decode(codes, length)
+
+    def _windows(self, total: int, extend_stride: float | None) -> tuple[int, int]:
+        """Window and stride, in frames, for ``total`` frames: one window when they fit in a
+        training segment, else windows of a segment advancing by ``extend_stride`` seconds
+        (default half a segment), each prompted with the overlap, as AudioCraft extends."""
+        if self.segment_seconds is None:
+            return total, total
+        window = max(1, int(self.segment_seconds * self.frame_rate))
+        if total <= window:
+            return total, total
+        seconds = self.segment_seconds / 2 if extend_stride is None else extend_stride
+        stride = int(seconds * self.frame_rate)
+        if not 0 < stride < window:
+            raise UserError(
+                f"extend_stride must be in (0, {self.segment_seconds}) seconds (the training "
+                f"segment), got {extend_stride}"
+            )
+        return window, stride
+
+    def _generate_window(
+        self,
+        texts: list[str | None],
+        length: int,
+        wav: torch.Tensor | None,
+        stems: torch.Tensor | None,
+        frames: int,
+        prompt: torch.Tensor | None,
+        cfg_coef: float,
+        sampling: dict,
+    ) -> torch.Tensor:
+        """Codes ``(B, K, frames)`` conditioned on ``texts`` and this window's melody."""
         prefix, mask = self.condition(texts, length, wav, stems)
         null_prefix = null_mask = None
         if cfg_coef not in (0.0, 1.0):
             null_prefix, null_mask = self.condition(texts, length, wav, stems, drop=True)
-        codes = self.lm.generate(
+        return self.lm.generate(
             prefix,
             mask,
             null_prefix,
             null_mask,
-            num_frames=math.ceil(length / self.codec.config.hop_length),
+            num_frames=frames,
+            prompt=prompt,
             cfg_coef=cfg_coef if null_prefix is not None else 1.0,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            use_cache=use_cache,
-            generator=generator,
-            progress=progress,
+            **sampling,
         )
-        return self.decode(codes, length)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", ema: bool = True) -> MusicGen:
@@ -279,7 +347,13 @@ class MusicGen(nn.Module):
         try:
             hparams, weights = state["hyper_parameters"], state["state_dict"]
             codec = CompressionModel(CodecConfig.from_dict(hparams["codec"]))
-            model = cls.build(codec, hparams["lm"], hparams.get("text"), hparams.get("melody"))
+            model = cls.build(
+                codec,
+                hparams["lm"],
+                hparams.get("text"),
+                hparams.get("melody"),
+                hparams.get("segment_seconds"),
+            )
         except (KeyError, TypeError) as err:
             raise UserError(
                 f"{path} is not a checkpoint of train.py solver=musicgen (missing {err}): pass one of its .ckpt files"

@@ -206,7 +206,7 @@ class MusicGenSolver(L.LightningModule):
         if melody is not None and melody.get("duration_frames") is None and segment_seconds:
             melody = {**melody, "duration_frames": melody_frames(melody, codec, segment_seconds)}
             self.hparams["melody"] = melody
-        self.model = MusicGen.build(codec, lm, text, melody)
+        self.model = MusicGen.build(codec, lm, text, melody, segment_seconds)
         self.hparams["codec"] = codec.config.to_dict()  # the checkpoint rebuilds the codec from it
         self.hparams["lm"] = self.model.lm.config.to_dict()
         self.optim = {**OPTIM, **(optim or {})}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
+from musicgen.errors import UserError
 from musicgen.generate import main
+from musicgen.musicgen_model import MusicGen
 from tests.test_musicgen_solver import (
     RATE,
     Repeat,
@@ -106,3 +109,44 @@ def test_module_entry_point(checkpoints: dict, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "0.30 s at 16000 Hz" in result.stdout and read(out)[0].shape == (round(0.3 * RATE), 1)
+
+
+def test_longer_than_a_segment_is_generated_in_prompted_windows(checkpoints: dict) -> None:
+    model = MusicGen.from_checkpoint(checkpoints["melody"])
+    assert model.segment_seconds == 1.0
+    calls: list[tuple[int, torch.Tensor | None, torch.Tensor]] = []
+    generate = model.lm.generate
+
+    def recording(*args, **kwargs):
+        codes = generate(*args, **kwargs)
+        calls.append((kwargs["num_frames"], kwargs["prompt"], codes))
+        return codes
+
+    model.lm.generate = recording
+    melody = tone_batch(2.5)["stems"][:1, 2]  # (1, C, T): the oracle model's melody stems
+    wav = model.generate(
+        ["toy piece"],
+        melody=melody,
+        melody_sr=RATE,
+        melody_stems=model.melody_as_stems(melody),
+        duration=2.5,
+        top_k=5,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert wav.shape == (1, 1, round(2.5 * RATE))
+    window = round(model.frame_rate)  # one second of frames
+    stride = window // 2
+    total = math.ceil(2.5 * RATE / model.codec.config.hop_length)
+    starts = list(range(0, total - window + stride, stride))
+    assert [frames for frames, _, _ in calls] == [min(window, total - s) for s in starts]
+    assert calls[0][1] is None
+    for (_, _, previous), (_, prompt, _), start, before in zip(
+        calls, calls[1:], starts[1:], starts, strict=False
+    ):
+        assert torch.equal(prompt, previous[..., start - before :])  # the overlap is kept
+
+
+def test_a_stride_outside_the_segment_is_a_user_error(checkpoints: dict) -> None:
+    model = MusicGen.from_checkpoint(checkpoints["text"])
+    with pytest.raises(UserError, match="extend_stride must be in"):
+        model.generate(["x"], duration=2.0, extend_stride=1.5)
