@@ -31,6 +31,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from musicgen.compression import CompressionModel
 from musicgen.conditioners.chroma import ChromaExtractor
+from musicgen.conditioners.chroma_cache import ChromaCache
 from musicgen.errors import UserError
 from musicgen.metrics.chroma_cosine import chroma_cosine_similarity
 from musicgen.metrics.clap import ClapScore, build_clap
@@ -191,6 +192,7 @@ class MusicGenSolver(L.LightningModule):
         samples: dict | None = None,
         evaluation: dict | None = None,
         dataset_name: str = "",
+        chroma_cache: str | None = None,
     ) -> None:
         super().__init__()
         if (melody or {}).get("stemmer") == "oracle" and "stems" not in (data_fields or []):
@@ -215,6 +217,12 @@ class MusicGenSolver(L.LightningModule):
         self.evaluation = {**EVALUATION, **(evaluation or {})}
         self.cfg_dropout, self.melody_dropout = cfg_dropout, melody_dropout
         self.ema = ParameterEMA(self.model, ema_decay) if ema_decay else None
+        self.chroma_cache = None
+        if chroma_cache:
+            if not self.model.has_melody:
+                raise UserError("solver.module.chroma_cache is for melody models: unset it")
+            melody_conditioner = self.model.conditions.melody
+            self.chroma_cache = ChromaCache(chroma_cache, melody_conditioner, codec.channels)
         self._embedder = None
         self._sums: dict[str, torch.Tensor] = {}
         self._clap: dict[str, ClapScore] = {}
@@ -245,8 +253,13 @@ class MusicGenSolver(L.LightningModule):
             self.clip_gradients(optimizer, max_norm, gradient_clip_algorithm or "norm")
 
     def _melody_inputs(self, batch: dict) -> dict:
+        """The melody condition's input: the cached chroma of the crops when a chroma cache is
+        configured (no stemming at each step), else the audio and stems to stem and analyse."""
         if not self.model.has_melody:
             return {}
+        if self.chroma_cache is not None:
+            length = batch["audio"].shape[-1]
+            return {"chroma": self.chroma_cache.crop(batch["key"], batch["start"], length)}
         return {"wav": batch["audio"], "stems": batch.get("stems")}
 
     def dropout_masks(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:

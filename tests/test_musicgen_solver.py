@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from musicgen.compression import CodecConfig, CompressionModel
+from musicgen.conditioners.chroma_cache import write_cache
 from musicgen.errors import UserError
 from musicgen.metrics.chroma_cosine import chroma_cosine_similarity
 from musicgen.metrics.fad import embedding_stats, frechet_distance
@@ -411,3 +412,21 @@ def test_mixed_precision_training_and_generation(assets: dict) -> None:
         assert torch.equal(solver.model.tokens(batch["audio"]), solver.model.tokens(batch["audio"]))
         wav = solver.model.generate(batch["caption"], duration=0.25, top_k=5)
     assert wav.dtype == torch.float32 and wav.shape == (2, 1, RATE // 4)
+
+
+@pytest.mark.parametrize("step_aligned", [False, True])
+def test_a_chroma_cache_gives_the_loss_of_stemming_each_step(
+    assets: dict, tmp_path: Path, step_aligned: bool
+) -> None:
+    melody = {**MELODY, "step_aligned": step_aligned}
+    direct = make_solver(assets, melody=melody)
+    batch = tone_batch(1.0) | {"start": torch.zeros(2)}
+    tracks = zip(batch["key"], batch["audio"], batch["stems"], strict=True)
+    write_cache(tracks, direct.model.conditions.melody, tmp_path)
+    cached = make_solver(assets, melody=melody, chroma_cache=str(tmp_path))
+    cached.model.load_state_dict(direct.model.state_dict())
+    drop = (torch.zeros(2, dtype=torch.bool), torch.tensor([False, True]))
+    assert "chroma" in cached._melody_inputs(batch)
+    torch.testing.assert_close(cached.loss(batch, drop).loss, direct.loss(batch, drop).loss)
+    with pytest.raises(UserError, match="for melody models"):
+        make_solver(assets, melody=False, chroma_cache=str(tmp_path))

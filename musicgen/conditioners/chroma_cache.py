@@ -95,7 +95,7 @@ class ChromaCache:
         return np.load(path, mmap_mode="r", allow_pickle=False)
 
     def crop(self, keys: list[str], start: torch.Tensor, num_samples: int) -> torch.Tensor:
-        frames = self.melody.num_frames(num_samples)
+        frames = self.melody.chroma.num_frames(num_samples)  # at the chroma hop, as stored
         hop, rate = self.melody.chroma.hop, self.melody.sample_rate
         out = []
         for key, seconds in zip(keys, start.tolist(), strict=True):
