@@ -5,22 +5,14 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from musicgen.errors import UserError
 from musicgen.opus import MIN_KBPS
 from solvers.compression import PAPER_ROWS, CompressionSolver
+from tests.fixtures.repeat import Repeat
 
 RATE = 16000
-
-
-class Repeat(IterableDataset):
-    def __init__(self, batch: dict) -> None:
-        self.batch = batch
-
-    def __iter__(self):
-        while True:
-            yield self.batch
 
 
 def fixed_batch() -> dict:

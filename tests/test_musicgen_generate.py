@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 from musicgen.errors import UserError
 from musicgen.generate import main
 from musicgen.musicgen_model import MusicGen
+from tests.fixtures.repeat import Repeat
 from tests.test_musicgen_solver import (
     RATE,
-    Repeat,
     make_solver,
     tone_batch,
     trainer,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from musicgen.compression import CodecConfig, CompressionModel
@@ -23,6 +23,7 @@ from musicgen.metrics.fad import embedding_stats, frechet_distance
 from musicgen.musicgen_model import MusicGen
 from solvers.musicgen import PAPER_ROWS, MusicGenSolver, chroma_image
 from solvers.runtime import register_resolvers
+from tests.fixtures.repeat import Repeat
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
@@ -114,15 +115,6 @@ def tone_batch(seconds: float = 1.0) -> dict:
         "caption": ["calm chorale in a minor", "toy piece for strings"],
         "key": ["a", "b"],
     }
-
-
-class Repeat(IterableDataset):
-    def __init__(self, batch: dict) -> None:
-        self.batch = batch
-
-    def __iter__(self):
-        while True:
-            yield self.batch
 
 
 def trainer(**kwargs) -> L.Trainer:
