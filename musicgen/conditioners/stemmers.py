@@ -79,7 +79,7 @@ class OracleStemmer:
         if stems is None:
             raise UserError(
                 "the oracle stemmer needs the dataset's stems: add stems to solver.data.fields "
-                "(or use stemmer.kind=demucs / none)"
+                "(or use the demucs or none stemmer: solver.module.melody.stemmer=demucs)"
             )
         if stems.dim() != 4 or stems.shape[1] != len(STEMS) or stems.shape[0] != wav.shape[0]:
             raise ValueError(f"expected stems (B, {len(STEMS)}, C, T), got {tuple(stems.shape)}")
@@ -180,7 +180,8 @@ def _load_from_hf_cache(name: str, cache_dir: str | Path | None) -> torch.nn.Mod
         if not isinstance(path, str):
             raise UserError(
                 f"Demucs model {name!r} is not in the local Hugging Face cache ({repo_id}/{filename} "
-                f"missing): pass stemmer.repo=DIR, a folder with {short}.yaml and its .th files"
+                f"missing): give a local Demucs folder with {short}.yaml and its .th files "
+                "(train.py: solver.module.melody.stemmers.demucs.repo=DIR)"
             )
         return path
 
