@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from musicgen.compression import CompressionModel
@@ -39,7 +38,6 @@ def adam_steps(ckpt: dict) -> list[int]:
     ]
 
 
-@pytest.mark.slow
 def test_train_resume_and_evaluate(toy_dataset: Path, tmp_path: Path) -> None:
     common = [
         f"dataset.root={toy_dataset}",

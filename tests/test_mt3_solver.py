@@ -138,7 +138,6 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.slow
 def test_tiny_preset_trains_resumes_evaluates_and_transcribes(
     toy_dataset: Path, tmp_path: Path
 ) -> None:

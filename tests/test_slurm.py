@@ -267,7 +267,8 @@ def test_preempted_job_saves_requeues_and_resumes(
     assert (
         f"SIGUSR2 received: saving {run_dir}/checkpoints/last.ckpt at step {saved}" in submitit_log
     )
-    assert "Requeued job" in submitit_log
+    # (submitit's own "Requeued job" line is not asserted: SLURM may stop the job before that
+    # line is flushed; restart count 1 under the same job id above is the requeue.)
     assert "resuming from" in (run_dir / "train.log").read_text()
     # one W&B run id (the run name) across the requeue: two offline runs of the same id
     wandb_runs = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
