@@ -1,0 +1,181 @@
+"""Official MusicGen-Melody weights in the Hugging Face ``transformers`` layout -> :class:`MusicLM`.
+
+The HF decoder (``MusicgenMelodyForCausalLM``, the ``decoder.`` part of
+``MusicgenMelodyForConditionalGeneration``) is our LM up to parameter layout: K embeddings of
+``vocab_size + 1`` entries summed, ``[cos, sin]`` sinusoidal positions from 0 over
+``[conditions, codes]``, pre-norm layers (LayerNorms with bias, no other bias), exact GELU, a
+final LayerNorm and K bias-free heads. Its separate q/k/v projections are packed into our
+``in_proj`` and its K heads into our one fused ``heads`` layer.
+
+The conditions are prepended differently: HF puts the projected chroma
+(``audio_enc_to_dec_proj``, looped to ``chroma_length`` frames) *before* the projected T5 text
+(``enc_to_dec_proj``) and attends to every prefix position (padding and dropped conditions are
+zero vectors, not masked keys); :class:`~musicgen.conditioners.ConditionProvider` puts text first
+and masks. :func:`condition_projections_from_hf_musicgen_melody` gives both projections in our
+``nn.Linear`` layout; to reproduce HF, prepend ``[melody, text]`` and pass no prefix mask.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from musicgen.errors import UserError
+from musicgen.lm.config import LMConfig
+from musicgen.lm.model import MusicLM
+
+DECODER = "model.decoder."
+
+
+@dataclass
+class HFMusicgenMelody:
+    """What :func:`load_hf_musicgen_melody` reads: the converted ``lm``, the condition
+    projections (``{"text": ..., "melody": ...}``, ``nn.Linear`` state dicts; a name is absent
+    when HF needs no projection for it) and HF's ``chroma_length`` (melody frames prepended)."""
+
+    lm: MusicLM
+    projections: dict[str, dict[str, torch.Tensor]]
+    chroma_length: int | None
+
+
+def _get(config: Any, name: str) -> Any:
+    return config[name] if isinstance(config, Mapping) else getattr(config, name)
+
+
+def _decoder_config(config: Any) -> Any:
+    """The decoder part of a ``MusicgenMelodyConfig`` (or the decoder config itself)."""
+    if isinstance(config, Mapping):
+        return config.get("decoder", config)
+    return getattr(config, "decoder", config)
+
+
+def lm_config_from_hf(config: Any) -> LMConfig:
+    """:class:`LMConfig` of the HF decoder described by ``config`` (a ``MusicgenMelodyConfig``,
+    its ``decoder`` config, or their ``to_dict()``)."""
+    decoder = _decoder_config(config)
+    activation = _get(decoder, "activation_function")
+    if activation != "gelu":
+        raise ValueError(f"only the exact GELU converts, the HF decoder uses {activation!r}")
+    n_q, channels = int(_get(decoder, "num_codebooks")), int(_get(decoder, "audio_channels"))
+    if channels not in (1, 2) or n_q % channels:
+        raise ValueError(f"cannot lay out {n_q} codebooks over {channels} audio channels")
+    return LMConfig(
+        n_q=n_q,
+        card=int(_get(decoder, "vocab_size")),
+        dim=int(_get(decoder, "hidden_size")),
+        num_heads=int(_get(decoder, "num_attention_heads")),
+        num_layers=int(_get(decoder, "num_hidden_layers")),
+        ffn_dim=int(_get(decoder, "ffn_dim")),
+        dropout=0.0,
+        max_period=10000.0,
+        norm_first=True,
+        bias=False,
+        # stereo interleaves (left k, right k): both codebooks of level k have delay k
+        delays=[k // channels for k in range(n_q)] if channels == 2 else None,
+    )
+
+
+def _decoder_state(hf_state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The decoder's tensors keyed as in ``MusicgenMelodyForCausalLM`` (``model.decoder.*``,
+    ``lm_heads.*``), from either that model's or the full model's state dict."""
+    if any(key.startswith("decoder." + DECODER) for key in hf_state_dict):
+        return {
+            k[len("decoder.") :]: v for k, v in hf_state_dict.items() if k.startswith("decoder.")
+        }
+    return dict(hf_state_dict)
+
+
+def lm_state_from_hf_musicgen_melody(
+    hf_state_dict: Mapping[str, torch.Tensor], config: Any
+) -> tuple[LMConfig, dict[str, torch.Tensor]]:
+    """``(LMConfig, MusicLM state dict)`` equivalent to the HF MusicGen-Melody decoder.
+
+    ``hf_state_dict`` is the state dict of ``MusicgenMelodyForConditionalGeneration`` or of its
+    ``MusicgenMelodyForCausalLM`` decoder; ``config`` its config (see :func:`lm_config_from_hf`).
+    Every decoder tensor is used once; a missing one is a ``KeyError`` naming it.
+    """
+    cfg = lm_config_from_hf(config)
+    source = _decoder_state(hf_state_dict)
+    used: set[str] = set()
+
+    def take(name: str) -> torch.Tensor:
+        if name not in source:
+            raise KeyError(f"the HF MusicGen-Melody state dict has no {name!r}")
+        used.add(name)
+        return source[name]
+
+    scale = math.sqrt(cfg.dim) if _get(_decoder_config(config), "scale_embedding") else 1.0
+    emb = [take(f"{DECODER}embed_tokens.{k}.weight") * scale for k in range(cfg.n_q)]
+    state = {"emb": torch.stack(emb)}
+    for i in range(cfg.num_layers):
+        hf, ours = f"{DECODER}layers.{i}.", f"layers.{i}."
+        qkv = [take(f"{hf}self_attn.{p}_proj.weight") for p in "qkv"]
+        state[ours + "self_attn.in_proj.weight"] = torch.cat(qkv)
+        state[ours + "self_attn.out_proj.weight"] = take(hf + "self_attn.out_proj.weight")
+        state[ours + "linear1.weight"] = take(hf + "fc1.weight")
+        state[ours + "linear2.weight"] = take(hf + "fc2.weight")
+        for norm, hf_norm in (("norm1", "self_attn_layer_norm"), ("norm2", "final_layer_norm")):
+            for p in ("weight", "bias"):
+                state[f"{ours}{norm}.{p}"] = take(f"{hf}{hf_norm}.{p}")
+    for p in ("weight", "bias"):
+        state[f"out_norm.{p}"] = take(f"{DECODER}layer_norm.{p}")
+    state["heads.weight"] = torch.cat([take(f"lm_heads.{k}.weight") for k in range(cfg.n_q)])
+    ignored = {k for k in source if k.endswith("embed_positions.weights")}
+    extra = set(source) - used - ignored
+    if extra:
+        raise ValueError(f"HF decoder tensors with no counterpart in MusicLM: {sorted(extra)}")
+    return cfg, state
+
+
+def condition_projections_from_hf_musicgen_melody(
+    hf_state_dict: Mapping[str, torch.Tensor],
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"text": enc_to_dec_proj, "melody": audio_enc_to_dec_proj}`` as ``nn.Linear`` state
+    dicts (the ``proj`` of :class:`TextConditioner` / :class:`MelodyConditioner`); HF leaves a
+    projection out when the widths already agree, and so does this."""
+    names = {"text": "enc_to_dec_proj.", "melody": "audio_enc_to_dec_proj."}
+    return {
+        kind: {p: hf_state_dict[prefix + p] for p in ("weight", "bias")}
+        for kind, prefix in names.items()
+        if prefix + "weight" in hf_state_dict
+    }
+
+
+def load_hf_musicgen_melody(folder: str | Path, device: str = "cpu") -> HFMusicgenMelody:
+    """Convert a local ``save_pretrained`` folder of ``MusicgenMelodyForConditionalGeneration``
+    (e.g. a download of facebook/musicgen-melody) or of its ``MusicgenMelodyForCausalLM``
+    decoder; read with ``from_pretrained(..., local_files_only=True)``, never downloaded."""
+    from transformers import (
+        AutoConfig,
+        MusicgenMelodyForCausalLM,
+        MusicgenMelodyForConditionalGeneration,
+    )
+
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise UserError(
+            f"{path} is not a Hugging Face model folder (no config.json): pass the folder of a "
+            "MusicGen-Melody download (e.g. facebook/musicgen-melody)"
+        )
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        model_class = (
+            MusicgenMelodyForCausalLM
+            if config.model_type == "musicgen_melody_decoder"
+            else MusicgenMelodyForConditionalGeneration
+        )
+        hf_model = model_class.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load MusicGen-Melody weights from {path}: {err}") from err
+    state = hf_model.state_dict()
+    cfg, lm_state = lm_state_from_hf_musicgen_melody(state, hf_model.config)
+    lm = MusicLM(cfg)
+    lm.load_state_dict(lm_state)
+    projections = condition_projections_from_hf_musicgen_melody(state)
+    chroma_length = getattr(hf_model.config, "chroma_length", None)
+    return HFMusicgenMelody(lm.to(device).eval(), projections, chroma_length)

@@ -1,0 +1,197 @@
+"""HF MusicGen-Melody -> MusicLM: the converted LM gives the logits of a random tiny HF model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from musicgen.conditioners.melody import MelodyConditioner
+from musicgen.errors import UserError
+from musicgen.lm import MusicLM
+from musicgen.lm.convert import (
+    condition_projections_from_hf_musicgen_melody,
+    lm_config_from_hf,
+    lm_state_from_hf_musicgen_melody,
+    load_hf_musicgen_melody,
+)
+
+transformers = pytest.importorskip("transformers")
+
+CARD, DIM, N_Q, CHROMA_LENGTH = 16, 32, 4, 5
+
+
+def hf_config(**decoder):
+    values = dict(
+        vocab_size=CARD,
+        hidden_size=DIM,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        ffn_dim=64,
+        num_codebooks=N_Q,
+        pad_token_id=CARD,
+        bos_token_id=CARD,
+    )
+    text = transformers.T5Config(
+        vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2
+    )
+    audio = transformers.EncodecConfig(
+        num_filters=4,
+        hidden_size=8,
+        upsampling_ratios=[2, 2],
+        codebook_size=CARD,
+        num_lstm_layers=1,
+        target_bandwidths=[1.5],
+    )
+    return transformers.MusicgenMelodyConfig(
+        text_encoder=text.to_dict(),
+        audio_encoder=audio.to_dict(),
+        decoder=transformers.MusicgenMelodyDecoderConfig(**(values | decoder)).to_dict(),
+        chroma_length=CHROMA_LENGTH,
+    )
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """A random tiny MusicgenMelodyForConditionalGeneration saved with save_pretrained; every
+    decoder and projection tensor (LayerNorms included) is randomised."""
+    torch.manual_seed(0)
+    model = transformers.MusicgenMelodyForConditionalGeneration(hf_config()).eval()
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if name.startswith(("decoder.", "enc_to_dec_proj", "audio_enc_to_dec_proj")):
+                base = 1.0 if "layer_norm.weight" in name else 0.0
+                tensor.copy_(base + 0.3 * torch.randn_like(tensor))
+    folder = tmp_path_factory.mktemp("musicgen-melody")
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def converted(model) -> MusicLM:
+    cfg, state = lm_state_from_hf_musicgen_melody(model.state_dict(), model.config)
+    lm = MusicLM(cfg).eval()
+    lm.load_state_dict(state)
+    return lm
+
+
+def delayed_codes(lm: MusicLM, batch: int = 2, frames: int = 6) -> torch.Tensor:
+    """The delay layout ``(B, K, S)`` of random codes, special tokens included."""
+    codes = torch.randint(0, CARD, (batch, N_Q, frames), generator=torch.Generator().manual_seed(3))
+    return lm.pattern.build(codes, lm.special)[0]
+
+
+def hf_logits(model, seq: torch.Tensor, **kwargs) -> torch.Tensor:
+    """HF decoder logits of the last S positions as ``(B, K, S, card)``."""
+    batch, n_q, steps = seq.shape
+    out = model.decoder(input_ids=seq.reshape(batch * n_q, steps), **kwargs).logits
+    return out.view(batch, n_q, -1, CARD)[:, :, -steps:]
+
+
+def test_config_follows_hf_decoder(hf_folder):
+    cfg = lm_config_from_hf(hf_folder[1].config)
+    assert (cfg.n_q, cfg.card, cfg.dim, cfg.num_heads, cfg.num_layers, cfg.ffn_dim) == (
+        N_Q,
+        CARD,
+        DIM,
+        2,
+        2,
+        64,
+    )
+    assert cfg.bias is False and cfg.norm_first and cfg.delays is None
+    stereo = lm_config_from_hf(hf_config(audio_channels=2).to_dict())
+    assert stereo.delays == [0, 0, 1, 1]
+
+
+@torch.no_grad()
+def test_logits_match_hf_without_prefix(hf_folder):
+    model = hf_folder[1]
+    lm = converted(model)
+    seq = delayed_codes(lm)
+    torch.testing.assert_close(lm(seq), hf_logits(model, seq), atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_logits_match_hf_with_prefix(hf_folder):
+    model = hf_folder[1]
+    lm = converted(model)
+    seq = delayed_codes(lm)
+    prefix = torch.randn(2, 7, DIM, generator=torch.Generator().manual_seed(4))
+    expected = hf_logits(model, seq, encoder_hidden_states=prefix)
+    torch.testing.assert_close(lm(seq, prefix), expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(lm(seq), expected, atol=1e-3)  # the prefix matters
+
+
+@torch.no_grad()
+def test_prefix_mask_is_hf_encoder_attention_mask(hf_folder):
+    model = hf_folder[1]
+    lm = converted(model)
+    seq = delayed_codes(lm)
+    prefix = torch.randn(2, 7, DIM, generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[0, 4:] = False
+    mask[1, 2:5] = False
+    expected = hf_logits(
+        model, seq, encoder_hidden_states=prefix, encoder_attention_mask=mask.long()
+    )
+    torch.testing.assert_close(lm(seq, prefix, mask), expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(lm(seq, prefix), expected, atol=1e-3)  # the mask matters
+
+
+@torch.no_grad()
+def test_folder_loads_and_reproduces_the_full_hf_model(hf_folder):
+    """Text ids and a chromagram through HF's whole model equal our LM prefixed with
+    ``[melody, text]`` built from the converted projections (our MelodyConditioner included)."""
+    folder, model = hf_folder
+    loaded = load_hf_musicgen_melody(folder)
+    assert loaded.chroma_length == CHROMA_LENGTH
+    assert set(loaded.projections) == {"text", "melody"}
+    seq = delayed_codes(loaded.lm)
+    generator = torch.Generator().manual_seed(6)
+    input_ids = torch.randint(0, 32, (2, 4), generator=generator)
+    attention_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    chroma = torch.rand(2, 3, 12, generator=generator)
+    batch, n_q, steps = seq.shape
+    expected = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        input_features=chroma,
+        decoder_input_ids=seq.reshape(batch * n_q, steps),
+    ).logits.view(batch, n_q, -1, CARD)[:, :, -steps:]
+
+    melody = MelodyConditioner(DIM, sample_rate=32000, duration_frames=CHROMA_LENGTH)
+    melody.proj.load_state_dict(loaded.projections["melody"])
+    melody_emb, _ = melody(chroma=chroma)
+    text_proj = nn.Linear(16, DIM)
+    text_proj.load_state_dict(loaded.projections["text"])
+    hidden = model.text_encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+    text_emb = text_proj(hidden) * attention_mask[..., None]
+    prefix = torch.cat([melody_emb, text_emb], dim=1)
+    torch.testing.assert_close(loaded.lm(seq, prefix), expected, atol=1e-5, rtol=0)
+    text_first = torch.cat([text_emb, melody_emb], dim=1)  # our ConditionProvider's order
+    assert not torch.allclose(loaded.lm(seq, text_first), expected, atol=1e-3)
+
+
+@torch.no_grad()
+def test_decoder_only_folder_loads(hf_folder, tmp_path):
+    model = hf_folder[1]
+    model.decoder.save_pretrained(tmp_path)
+    loaded = load_hf_musicgen_melody(tmp_path)
+    assert loaded.projections == {} and loaded.chroma_length is None
+    seq = delayed_codes(loaded.lm)
+    torch.testing.assert_close(loaded.lm(seq), hf_logits(model, seq), atol=1e-5, rtol=0)
+
+
+def test_bad_inputs_are_named(hf_folder, tmp_path):
+    model = hf_folder[1]
+    with pytest.raises(UserError, match="no config.json"):
+        load_hf_musicgen_melody(tmp_path)
+    state = dict(model.state_dict())
+    state["decoder.model.decoder.layers.0.self_attn.q_proj.bias"] = torch.zeros(DIM)
+    with pytest.raises(ValueError, match="q_proj.bias"):
+        lm_state_from_hf_musicgen_melody(state, model.config)
+    del state["decoder.lm_heads.3.weight"]
+    with pytest.raises(KeyError, match="lm_heads.3"):
+        lm_state_from_hf_musicgen_melody(state, model.config)
+    with pytest.raises(ValueError, match="GELU"):
+        lm_config_from_hf(hf_config(activation_function="relu").to_dict())
+    assert condition_projections_from_hf_musicgen_melody({}) == {}
