@@ -19,7 +19,6 @@ test also codes each item with Opus (ffmpeg/libopus) and
 
 from __future__ import annotations
 
-import math
 import random
 from collections import defaultdict
 
@@ -42,6 +41,7 @@ from musicgen.metrics.audio_quality import MelDistance, si_snr
 from musicgen.opus import MIN_KBPS, opus_roundtrip
 from musicgen.tables import Table
 from solvers import media
+from solvers.schedules import ema_decay, lr_lambda
 
 LOSS_WEIGHTS = {"adv": 4.0, "feat": 4.0, "msspec": 2.0, "l1": 0.1}
 BALANCER = {"total_norm": 1.0, "ema_decay": 0.999, "per_item": True}
@@ -60,20 +60,6 @@ PAPER_NOTE = (
     "speech and music; the paper reports no mel distance). Their test audio is not ours: they are "
     "reference points, not a like-for-like comparison."
 )
-
-
-def lr_lambda(warmup_steps: int, cosine_steps: int | None):
-    """Linear warm-up, then constant or a cosine decay to 0 over ``cosine_steps`` steps."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if cosine_steps is None:
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, cosine_steps - warmup_steps))
-        return 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 class CompressionSolver(L.LightningModule):
@@ -219,9 +205,7 @@ class CompressionSolver(L.LightningModule):
         if self.ema is None:
             return
         step = self.generator_steps  # already counts this update
-        decay = min(
-            self.ema_decay, (1 + step) / (10 + step)
-        )  # short memory while the model moves fast
+        decay = ema_decay(self.ema_decay, step)
         for ema_p, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             ema_p.lerp_(p, 1 - decay)
         for ema_b, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):

@@ -41,7 +41,7 @@ from musicgen.metrics.kl import KLDivergence, build_kl
 from musicgen.musicgen_model import GENERATION, MusicGen
 from musicgen.tables import Table
 from solvers import media
-from solvers.compression import lr_lambda
+from solvers.schedules import ema_decay, lr_lambda
 
 OPTIM = {
     "lr": 1e-4,
@@ -99,7 +99,7 @@ class ParameterEMA(nn.Module):
     @torch.no_grad()
     def update(self, module: nn.Module, step: int) -> None:
         """Move the averages towards ``module``; the decay ramps up over the first steps."""
-        decay = min(self.decay, (1 + step) / (10 + step))
+        decay = ema_decay(self.decay, step)
         for param, shadow in self._pairs(module):
             shadow.lerp_(param.detach().to(shadow.dtype), 1 - decay)
 

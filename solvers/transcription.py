@@ -42,6 +42,7 @@ from musicgen.transcription.vocabulary import (
     STEPS_PER_SECOND,
     token,
 )
+from solvers.schedules import lr_lambda
 
 # MT3 paper (arXiv 2111.03017), Table 2 (MT3 single-dataset / mixture models) and Table 3
 # (MT3 mixture, multi-instrument F1 per instrument grouping); only datasets we can prepare.
@@ -286,7 +287,5 @@ class MT3Solver(L.LightningModule):
         warmup = optim.get("warmup_steps", 0)
         if not warmup:
             return {"optimizer": optimizer}
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup)
-        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, None))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
