@@ -34,3 +34,13 @@ def fit_length(wav: torch.Tensor, length: int) -> torch.Tensor:
     if wav.shape[-1] >= length:
         return wav[..., :length]
     return torch.nn.functional.pad(wav, (0, length - wav.shape[-1]))
+
+
+def loop_to_length(x: torch.Tensor, length: int, dim: int = -1) -> torch.Tensor:
+    """Crop ``x`` to ``length`` along ``dim``, or repeat it along ``dim`` until it is that long."""
+    size = x.shape[dim]
+    if size == 0:
+        raise ValueError(f"cannot loop an empty tensor to {length} along dim {dim}")
+    repeats = [1] * x.dim()
+    repeats[dim] = -(-length // size)
+    return x.repeat(*repeats).narrow(dim, 0, length)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from musicgen.audio import convert_audio
+from musicgen.audio import convert_audio, loop_to_length
 from musicgen.compression import CodecConfig, CompressionModel
 from musicgen.conditioners.chroma import ChromaExtractor
 from musicgen.conditioners.melody import MelodyConditioner
@@ -61,8 +61,7 @@ def fit_melody(wav: torch.Tensor, length: int) -> torch.Tensor:
     """Crop ``wav (..., T)`` to ``length`` samples, or repeat it until it is that long."""
     if wav.shape[-1] == 0:
         raise UserError("the melody is empty: pass an audio file with some content")
-    repeats = math.ceil(length / wav.shape[-1])
-    return wav.repeat(*([1] * (wav.dim() - 1)), repeats)[..., :length]
+    return loop_to_length(wav, length)
 
 
 class MusicGen(nn.Module):

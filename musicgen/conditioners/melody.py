@@ -17,16 +17,14 @@ import math
 import torch
 from torch import nn
 
+from musicgen.audio import loop_to_length
 from musicgen.conditioners.chroma import ChromaExtractor
 from musicgen.conditioners.stemmers import NoStemmer, Stemmer
 
 
 def fit_frames(chroma: torch.Tensor, frames: int) -> torch.Tensor:
     """Crop ``chroma (B, F, n)`` to ``frames`` frames, or loop it until it has that many."""
-    if chroma.shape[1] == 0:
-        raise ValueError("cannot fit an empty chromagram")
-    repeats = math.ceil(frames / chroma.shape[1])
-    return chroma.repeat(1, repeats, 1)[:, :frames]
+    return loop_to_length(chroma, frames, dim=1)
 
 
 class MelodyConditioner(nn.Module):
