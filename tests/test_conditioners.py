@@ -13,6 +13,7 @@ import torch
 import torchaudio
 import torchaudio.functional as AF
 
+from data.chroma_cache import main
 from data.decode import SampleSpec, decode_sample
 from data.shards import STEMS as DATA_STEMS
 from data.streams import collate
@@ -27,7 +28,7 @@ from musicgen.conditioners import (
     TextConditioner,
     build_stemmer,
 )
-from musicgen.conditioners.chroma_cache import ChromaCache, main, write_cache
+from musicgen.conditioners.chroma_cache import ChromaCache, write_cache
 from musicgen.conditioners.stemmers import STEMS
 from musicgen.conditioners.text import minilm_dir
 from musicgen.errors import UserError

@@ -1,6 +1,6 @@
 """MusicGen conditions: text (frozen HF encoder) and melody (chroma of the stemmed input),
 projected to the LM width and concatenated into the prefix prepended to the decoder input.
-The chroma cache (and its command) is ``musicgen.conditioners.chroma_cache``."""
+The chroma cache is ``musicgen.conditioners.chroma_cache`` (built by ``python -m data.chroma_cache``)."""
 
 from musicgen.conditioners.chroma import ChromaExtractor
 from musicgen.conditioners.melody import MelodyConditioner, fit_frames

@@ -1,8 +1,8 @@
 """Precomputed melody chroma, so training does not run Demucs at every step.
 
-``python -m musicgen.conditioners.chroma_cache --shards "DIR/train-*.tar" --stemmer demucs
---demucs-repo MODELS --out CACHE`` reads every track of the shards whole, converts it to the
-model's rate and channels, stems it and writes its chromagram through
+:func:`write_cache` (run over prepared shards by ``python -m data.chroma_cache --shards
+"DIR/train-*.tar" --stemmer demucs --demucs-repo MODELS --out CACHE``) takes whole tracks at the
+model's rate and channels, stems them and writes each chromagram through
 :meth:`MelodyConditioner.stemmed_chroma` (the path training uses) as ``CACHE/<stemmer>/<key>.npy``
 (float32 ``(frames, n_chroma)``, written without pickle), next to a ``meta.json`` with the
 settings. :class:`ChromaCache` then cuts each batch item's chroma at its crop start time
@@ -12,30 +12,20 @@ settings. :class:`ChromaCache` then cuts each batch item's chroma at its crop st
 
 from __future__ import annotations
 
-import argparse
-import glob
-import io
 import json
-import posixpath
 import re
-import sys
-import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from musicgen.audio import convert_audio, fit_length
 from musicgen.conditioners.melody import MelodyConditioner
-from musicgen.conditioners.stemmers import STEMS, build_stemmer
 from musicgen.errors import UserError
 
 FORMAT = "musicgen-chroma-cache"
 VERSION = 1
 META_FILE = "meta.json"
-AUDIO_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
 
 
 def cache_dir(root: str | Path, stemmer_tag: str) -> Path:
@@ -74,7 +64,7 @@ class ChromaCache:
         if not meta_path.is_file():
             raise UserError(
                 f"no chroma cache in {self.dir}: build it with python -m "
-                f"musicgen.conditioners.chroma_cache --out {root} (same stemmer and settings)"
+                f"data.chroma_cache --out {root} (same stemmer and settings)"
             )
         found = json.loads(meta_path.read_text())
         wanted = cache_settings(melody, channels)
@@ -145,114 +135,3 @@ def write_cache(
         tmp.replace(path)
         written += 1
     return written, kept
-
-
-def _audio(data: bytes, rate: int, channels: int, what: str) -> tuple[torch.Tensor, int]:
-    try:
-        wav, native = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as err:  # libsndfile reports corrupt data through several exception types
-        raise UserError(f"cannot decode {what}: {err}") from err
-    return convert_audio(torch.from_numpy(wav.T.copy()), native, rate, channels), native
-
-
-def read_shard_tracks(
-    shard: str, rate: int, channels: int, with_stems: bool
-) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
-    """Whole tracks ``(key, wav (C, T), stems (S, C, T) | None)`` of a WebDataset shard, keyed and
-    decoded like the training pipeline (the key ends at the member basename's first dot)."""
-    wanted = set(AUDIO_EXTENSIONS)
-    if with_stems:
-        wanted |= {f"{stem}.{ext}" for stem in STEMS for ext in AUDIO_EXTENSIONS}
-    try:
-        tar = tarfile.open(shard, mode="r|")  # noqa: SIM115 - closed by the with block below
-    except (OSError, tarfile.TarError) as err:
-        raise UserError(f"cannot read shard {shard}: {err}") from err
-    with tar:
-        sample: dict[str, bytes] = {}
-        key = None
-        for member in tar:
-            if not member.isfile():
-                continue
-            directory, base = posixpath.split(member.name)
-            stem, _, ext = base.partition(".")
-            member_key = posixpath.join(directory, stem) if directory else stem
-            if member_key != key:
-                if sample:
-                    yield _track(key, sample, rate, channels, with_stems)
-                key, sample = member_key, {}
-            if ext.lower() in wanted:
-                fileobj = tar.extractfile(member)
-                sample[ext.lower()] = fileobj.read() if fileobj is not None else b""
-        if sample:
-            yield _track(key, sample, rate, channels, with_stems)
-
-
-def _track(
-    key: str, sample: dict[str, bytes], rate: int, channels: int, with_stems: bool
-) -> tuple[str, torch.Tensor, torch.Tensor | None]:
-    ext = next((e for e in AUDIO_EXTENSIONS if e in sample), None)
-    if ext is None:
-        raise UserError(f"sample {key!r} has no audio member (.{'/.'.join(AUDIO_EXTENSIONS)})")
-    wav, _ = _audio(sample[ext], rate, channels, f"{key}.{ext}")
-    if not with_stems:
-        return key, wav, None
-    stems = []
-    for stem in STEMS:
-        name = f"{stem}.{ext}"
-        if name not in sample:
-            raise UserError(f"sample {key!r} has no .{name} member: the oracle stemmer needs stems")
-        stem_wav, _ = _audio(sample[name], rate, channels, f"{key}.{name}")
-        stems.append(fit_length(stem_wav, wav.shape[-1]))
-    return key, wav, torch.stack(stems)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m musicgen.conditioners.chroma_cache", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--shards", nargs="+", required=True, help="shard paths or glob patterns")
-    parser.add_argument("--out", required=True, help="cache root (one folder per stemmer)")
-    parser.add_argument("--stemmer", default="demucs", choices=["demucs", "oracle", "none"])
-    parser.add_argument("--demucs-name", default="htdemucs")
-    parser.add_argument("--demucs-repo", default=None, help="local folder with the Demucs model")
-    parser.add_argument("--keep", nargs="+", default=["vocals", "other"], help="stems to keep")
-    parser.add_argument("--sample-rate", type=int, default=32000, help="the codec's rate")
-    parser.add_argument("--channels", type=int, default=1, help="the codec's channels")
-    parser.add_argument("--n-chroma", type=int, default=12)
-    parser.add_argument("--winlen", type=int, default=2**14)
-    parser.add_argument("--hop", type=int, default=2**12)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--overwrite", action="store_true", help="recompute existing files")
-    args = parser.parse_args(argv)
-    try:
-        shards = sorted({p for pattern in args.shards for p in glob.glob(pattern)})
-        if not shards:
-            raise UserError(f"no shard matches {args.shards}: check the paths")
-        options: dict = {"keep": args.keep} if args.stemmer != "none" else {}
-        if args.stemmer == "demucs":
-            options |= {"name": args.demucs_name, "repo": args.demucs_repo}
-        melody = MelodyConditioner(
-            1,
-            args.sample_rate,
-            build_stemmer(args.stemmer, **options),
-            n_chroma=args.n_chroma,
-            winlen=args.winlen,
-            hop=args.hop,
-        ).to(args.device)
-        with_stems = args.stemmer == "oracle"
-        tracks = (
-            track
-            for shard in shards
-            for track in read_shard_tracks(shard, args.sample_rate, args.channels, with_stems)
-        )
-        written, kept = write_cache(tracks, melody, args.out, args.channels, args.overwrite)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    folder = cache_dir(args.out, melody.stemmer.tag)
-    print(f"{written} chroma written, {kept} already there, in {folder} ({len(shards)} shards)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
