@@ -16,7 +16,7 @@ package = importlib.import_module({package!r})
 for info in pkgutil.walk_packages(package.__path__, {package!r} + "."):
     if not info.name.endswith("__main__"):
         importlib.import_module(info.name)
-print(sorted({{m.split(".")[0] for m in sys.modules}} & set({forbidden!r})))
+print("forbidden:", sorted({{m.split(".")[0] for m in sys.modules}} & set({forbidden!r})))
 """
 
 
@@ -33,4 +33,6 @@ def test_package_imports_only_what_the_layout_allows(package: str, forbidden: li
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "[]"
+    # Third-party imports may print (pyfluidsynth does when CI is set): read our line only.
+    verdict = [line for line in result.stdout.splitlines() if line.startswith("forbidden:")]
+    assert verdict == ["forbidden: []"], result.stdout[-2000:]
