@@ -8,7 +8,9 @@ decoded to exactly ``--tokens`` tokens (EOS suppressed; 96 is the mean target le
 ``dataset=synth`` segment) so that the two decoders do the same work. ``--checkpoint`` adds a
 trained model decoded the real way (up to EOS), best with ``--audio`` (real music; default noise). The uncached decoder (the whole prefix
 recomputed at every step) is the in-run reference; ``speedup`` is uncached / cached time. Time
-is split into front end + encoder vs decoder. Prints a table and one JSON line.
+is split into front end + encoder vs decoder. A third row per model decodes with the ``full``
+token grammar (``--grammar``/``constrained_decoding``) to show its cost. Prints a table and one
+JSON line.
 """
 
 from __future__ import annotations
@@ -46,7 +48,14 @@ def timed(fn, *args) -> tuple[object, float]:
 
 
 @torch.no_grad()
-def measure(model: MT3Model, audio: torch.Tensor, tokens: int, use_cache: bool, batch: int) -> dict:
+def measure(
+    model: MT3Model,
+    audio: torch.Tensor,
+    tokens: int,
+    use_cache: bool,
+    batch: int,
+    grammar: str | None = None,
+) -> dict:
     """Seconds in front end + encoder and in decoding for the whole track, and tokens decoded."""
     frontend = LogMelFrontend()
     segments, frames = split_track(audio)
@@ -57,7 +66,7 @@ def measure(model: MT3Model, audio: torch.Tensor, tokens: int, use_cache: bool, 
             frontend, segments[start : start + batch], frames[start : start + batch]
         )
         encoded, t_enc = timed(model.encoder, inputs)
-        out, t_dec = timed(model.greedy_decode, encoded, tokens, use_cache)
+        out, t_dec = timed(model.greedy_decode, encoded, tokens, use_cache, grammar)
         encode, decode = encode + t_front + t_enc, decode + t_dec
         decoded += int(((out != PAD_ID) & (out != EOS_ID)).sum())
     return {"encode_s": encode, "decode_s": decode, "tokens_per_segment": decoded / len(segments)}
@@ -71,12 +80,14 @@ def row(
     tokens: int,
     use_cache: bool,
     batch: int,
+    grammar: str | None = None,
 ) -> dict:
-    result = measure(model, audio, tokens, use_cache, batch)
+    result = measure(model, audio, tokens, use_cache, batch, grammar)
     total = result["encode_s"] + result["decode_s"]
     return {
         "model": name,
         "kv_cache": use_cache,
+        "grammar": grammar or "-",
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "audio_s": seconds,
         "wall_s": round(total, 3),
@@ -121,6 +132,7 @@ def main() -> None:
         measure(model, audio[:16000], 4, True, args.batch)  # warm-up
         for use_cache in (True, False):
             rows.append(row(name, model, audio, seconds, args.tokens, use_cache, args.batch))
+        rows.append(row(name, model, audio, seconds, args.tokens, True, args.batch, "full"))
     if args.checkpoint:
         trained = Transcriber.from_checkpoint(args.checkpoint).model
         for use_cache in (True, False):
@@ -132,7 +144,11 @@ def main() -> None:
     speedups = {
         name: round(
             next(r["wall_s"] for r in rows if r["model"] == name and not r["kv_cache"])
-            / next(r["wall_s"] for r in rows if r["model"] == name and r["kv_cache"]),
+            / next(
+                r["wall_s"]
+                for r in rows
+                if r["model"] == name and r["kv_cache"] and r["grammar"] == "-"
+            ),
             2,
         )
         for name in dict.fromkeys(r["model"] for r in rows)

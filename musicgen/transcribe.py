@@ -15,6 +15,7 @@ import soundfile as sf
 
 from musicgen.errors import UserError
 from musicgen.transcription.transcriber import Transcriber
+from musicgen.transcription.vocabulary import GRANULARITIES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         help="most tokens per segment (default: 1024, MT3's)",
     )
+    parser.add_argument(
+        "--grammar",
+        choices=GRANULARITIES,
+        help="mask tokens MT3's decoding would reject, for a model trained with this program "
+        "granularity (helps small models; default: MT3's plain greedy decoding)",
+    )
     return parser
 
 
@@ -51,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             batch_size=args.batch_size,
             max_length=args.max_length,
+            grammar=args.grammar,
         )
         midi = transcriber.transcribe(wav.T, rate)
         args.midi.parent.mkdir(parents=True, exist_ok=True)

@@ -105,7 +105,9 @@ class MT3Solver(L.LightningModule):
     """Trains and evaluates an :class:`MT3Model`; ``model`` holds :class:`MT3Config` fields,
     ``optim`` the optimiser: ``name`` (``adafactor`` or ``adamw``), ``lr``, an optional linear
     ``warmup_steps``, and a section per optimiser name with its other keyword arguments.
-    ``shift_position_init`` starts training from :func:`init_shifts_from_positions`."""
+    ``shift_position_init`` starts training from :func:`init_shifts_from_positions`;
+    ``constrained_decoding`` decodes validation and test pieces with MT3's token grammar
+    (:mod:`musicgen.transcription.grammar`) instead of plain greedy."""
 
     def __init__(
         self,
@@ -117,6 +119,7 @@ class MT3Solver(L.LightningModule):
         max_decode_length: int = 1024,
         decode_batch_size: int = 32,
         shift_position_init: bool = False,
+        constrained_decoding: bool = False,
         dataset_name: str = "",
     ) -> None:
         super().__init__()
@@ -196,6 +199,7 @@ class MT3Solver(L.LightningModule):
                 samples,
                 self.hparams.decode_batch_size,
                 self.hparams.max_decode_length,
+                grammar=self.hparams.granularity if self.hparams.constrained_decoding else None,
             )
             self._tracks[stage].append(track_metrics(ref, decoded.notes))
             self.log(f"{stage}/loss", self._piece_loss(samples, ref), batch_size=1)

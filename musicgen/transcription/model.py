@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musicgen.transcription.vocabulary import EOS_ID, PAD_ID, VOCAB_SIZE
+from musicgen.transcription.grammar import TokenGrammar
+from musicgen.transcription.vocabulary import EOS_ID, PAD_ID, VOCAB_SIZE, Granularity
 
 
 @dataclass(frozen=True)
@@ -309,27 +310,44 @@ class MT3Model(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, frames: torch.Tensor, max_length: int = 1024, use_cache: bool = True
+        self,
+        frames: torch.Tensor,
+        max_length: int = 1024,
+        use_cache: bool = True,
+        grammar: Granularity | None = None,
     ) -> torch.Tensor:
         """Greedy transcription of log-mel frames ``(B, T, 512)``; see :meth:`greedy_decode`."""
-        return self.greedy_decode(self.encoder(frames), max_length, use_cache)
+        return self.greedy_decode(self.encoder(frames), max_length, use_cache, grammar)
 
     @torch.no_grad()
     def greedy_decode(
-        self, encoded: torch.Tensor, max_length: int = 1024, use_cache: bool = True
+        self,
+        encoded: torch.Tensor,
+        max_length: int = 1024,
+        use_cache: bool = True,
+        grammar: Granularity | None = None,
     ) -> torch.Tensor:
         """``(B, max_length)`` model ids decoded from encoder outputs, each row ending at its
-        first EOS and PAD after it (or cut at ``max_length``)."""
+        first EOS and PAD after it (or cut at ``max_length``). With ``grammar`` (the program
+        granularity the model was trained with) tokens that MT3's note decoding would reject
+        are masked (:mod:`musicgen.transcription.grammar`); ``None`` is MT3's plain greedy."""
         batch = encoded.shape[0]
         tokens = torch.full((batch, 1), PAD_ID, dtype=torch.long, device=encoded.device)
         done = torch.zeros(batch, dtype=torch.bool, device=encoded.device)
         cache = self.decoder.init_cache(encoded, max_length) if use_cache else None
+        state = None
+        if grammar is not None:
+            state = TokenGrammar(batch, self.config.vocab_size, grammar, encoded.device)
         for _ in range(max_length):
             if cache is not None:
                 logits = self.decoder.step(tokens[:, -1], cache)
             else:
                 logits = self.decoder(tokens, encoded)[:, -1]
+            if state is not None:
+                logits = logits.masked_fill(~state.allowed(), float("-inf"))
             following = torch.where(done, PAD_ID, logits.argmax(-1))
+            if state is not None:
+                state.update(following)
             tokens = torch.cat([tokens, following[:, None]], dim=1)
             done |= following == EOS_ID
             if bool(done.all()):

@@ -28,6 +28,7 @@ from musicgen.transcription.frontend import LogMelFrontend, split_track
 from musicgen.transcription.model import MT3Config, MT3Model, model_from_t5x
 from musicgen.transcription.segments import SAMPLE_RATE, segment_origin_times, stitch_segments
 from musicgen.transcription.tokenize import DecodedNotes
+from musicgen.transcription.vocabulary import Granularity
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -41,8 +42,10 @@ def transcribe_track(
     batch_size: int = 32,
     max_length: int = 1024,
     use_cache: bool = True,
+    grammar: Granularity | None = None,
 ) -> DecodedNotes:
-    """Notes of a mono 16 kHz track ``(N,)``: segments decoded in batches, then stitched."""
+    """Notes of a mono 16 kHz track ``(N,)``: segments decoded in batches, then stitched;
+    ``grammar``: see :meth:`MT3Model.greedy_decode`."""
     segments, frames = split_track(samples)
     device = next(model.parameters()).device
     tokens = []
@@ -50,7 +53,7 @@ def transcribe_track(
         inputs = frontend(
             segments[start : start + batch_size].to(device), frames[start : start + batch_size]
         )
-        tokens += list(model.generate(inputs, max_length, use_cache).cpu().numpy())
+        tokens += list(model.generate(inputs, max_length, use_cache, grammar).cpu().numpy())
     return stitch_segments(tokens, segment_origin_times(len(tokens)))
 
 
@@ -84,12 +87,19 @@ def _load_exported(weights: Path) -> MT3Model:
 
 
 class Transcriber:
-    """An :class:`MT3Model` with its front end and decoding settings."""
+    """An :class:`MT3Model` with its front end and decoding settings (``grammar``: the program
+    granularity to constrain decoding with, see :meth:`MT3Model.greedy_decode`)."""
 
-    def __init__(self, model: MT3Model, batch_size: int = 32, max_length: int = 1024) -> None:
+    def __init__(
+        self,
+        model: MT3Model,
+        batch_size: int = 32,
+        max_length: int = 1024,
+        grammar: Granularity | None = None,
+    ) -> None:
         self.model = model.eval()
         self.frontend = LogMelFrontend().to(next(model.parameters()).device)
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length, self.grammar = batch_size, max_length, grammar
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> Transcriber:
@@ -132,7 +142,13 @@ class Transcriber:
         audio = audio[None] if audio.dim() == 1 else audio
         mono = convert_audio(audio, sample_rate, SAMPLE_RATE, 1)[0]
         return transcribe_track(
-            self.model, self.frontend, mono, self.batch_size, self.max_length, use_cache
+            self.model,
+            self.frontend,
+            mono,
+            self.batch_size,
+            self.max_length,
+            use_cache,
+            self.grammar,
         )
 
     def transcribe(
