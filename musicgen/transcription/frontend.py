@@ -22,6 +22,7 @@ stored as float32 (TensorFlow builds it in float32).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +101,20 @@ class LogMelFrontend(nn.Module):
         super().__init__()
         self.register_buffer("window", torch.hann_window(FFT_SIZE, periodic=True), persistent=False)
         self.register_buffer("filterbank", mel_filterbank(num_mel_bins), persistent=False)
+        self._sparse_filterbank: torch.Tensor | None = None
+
+    def _to_mel(self, spec: torch.Tensor) -> torch.Tensor:
+        """``(B, bins, T)`` magnitudes -> ``(B, T, mels)``. On CPU through a sparse copy of the
+        filterbank (each FFT bin feeds at most two filters: ~8x faster than the dense product)."""
+        if spec.device.type != "cpu":
+            return spec.transpose(-1, -2) @ self.filterbank
+        if self._sparse_filterbank is None:
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                self._sparse_filterbank = self.filterbank.t().to_sparse_csr()
+        batch, bins, frames = spec.shape
+        mel = self._sparse_filterbank @ spec.transpose(0, 1).reshape(bins, batch * frames)
+        return mel.view(-1, batch, frames).permute(1, 2, 0)
 
     def forward(
         self, samples: torch.Tensor, num_frames: torch.Tensor | None = None
@@ -119,7 +134,7 @@ class LogMelFrontend(nn.Module):
             center=False,
             return_complex=True,
         ).abs()
-        mel = spec.transpose(-1, -2) @ self.filterbank
+        mel = self._to_mel(spec)
         logmel = torch.log(torch.where(mel <= 0, LOG_FLOOR, mel))
         logmel = logmel.reshape(*samples.shape[:-1], frames, -1)
         if num_frames is not None:
