@@ -42,7 +42,6 @@ from musicgen.transcription.vocabulary import (
     STEPS_PER_SECOND,
     token,
 )
-from solvers.frame_targets import FrameHead, frame_targets
 from solvers.schedules import lr_lambda
 
 # MT3 paper (arXiv 2111.03017), Table 2 (MT3 single-dataset / mixture models) and Table 3
@@ -105,11 +104,11 @@ def _piano_roll_figure(ref: np.ndarray, est: np.ndarray, title: str) -> Figure:
 class MT3Solver(L.LightningModule):
     """Trains and evaluates an :class:`MT3Model`; ``model`` holds :class:`MT3Config` fields,
     ``optim`` the optimiser: ``name`` (``adafactor`` or ``adamw``), ``lr``, an optional linear
-    ``warmup_steps``, an optional cosine decay to 0 at ``cosine_steps``, and a section per optimiser name with its other keyword arguments.
+    ``warmup_steps``, an optional cosine decay to 0 at ``cosine_steps``, and a section per
+    optimiser name with its other keyword arguments.
     ``shift_position_init`` starts training from :func:`init_shifts_from_positions`;
     ``constrained_decoding`` decodes validation and test pieces with MT3's token grammar
-    (:mod:`musicgen.transcription.grammar`) instead of plain greedy; ``frame_loss > 0`` adds
-    that weight times the per-frame loss of :mod:`solvers.frame_targets` on the encoder output."""
+    (:mod:`musicgen.transcription.grammar`) instead of plain greedy."""
 
     def __init__(
         self,
@@ -122,7 +121,6 @@ class MT3Solver(L.LightningModule):
         decode_batch_size: int = 32,
         shift_position_init: bool = False,
         constrained_decoding: bool = False,
-        frame_loss: float = 0.0,
         dataset_name: str = "",
     ) -> None:
         super().__init__()
@@ -138,7 +136,6 @@ class MT3Solver(L.LightningModule):
         self.model = MT3Model(MT3Config.from_dict(model))
         if shift_position_init:
             init_shifts_from_positions(self.model)
-        self.frame_head = FrameHead(self.model.config.d_model) if frame_loss > 0 else None
         self.frontend = LogMelFrontend()
         self._tracks: dict[str, list[dict]] = {"valid": [], "test": []}
         self.test_scores: dict[str, float] = {}
@@ -156,11 +153,11 @@ class MT3Solver(L.LightningModule):
         return targets.to(self.device)
 
     def _loss(
-        self, encoded: torch.Tensor, targets: torch.Tensor
+        self, frames: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean token cross-entropy plus z-loss over non-PAD targets, and token accuracy."""
         inputs = F.pad(targets[:, :-1], (1, 0), value=PAD_ID)
-        logits = self.model.decoder(inputs, encoded)
+        logits = self.model(frames, inputs)
         mask = targets != PAD_ID
         nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
         per_token = nll + self.hparams.z_loss * logits.logsumexp(-1).square()
@@ -170,19 +167,13 @@ class MT3Solver(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         audio = fit_length(batch["audio"].mean(dim=1), SEGMENT_SAMPLES)
-        encoded = self.model.encoder(self.frontend(audio))
-        loss, accuracy = self._loss(encoded, self._targets(batch["notes"], SEGMENT_SAMPLES))
+        loss, accuracy = self._loss(
+            self.frontend(audio), self._targets(batch["notes"], SEGMENT_SAMPLES)
+        )
         size = audio.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/accuracy", accuracy, batch_size=size)
-        if self.frame_head is None:
-            return loss
-        rolls = [frame_targets(n.cpu().numpy(), encoded.shape[1]) for n in batch["notes"]]
-        frame_loss = self.frame_head.loss(
-            encoded, torch.from_numpy(np.stack(rolls)).to(self.device)
-        )
-        self.log("train/frame_loss", frame_loss, batch_size=size)
-        return loss + self.hparams.frame_loss * frame_loss
+        return loss
 
     def _piece_loss(self, samples: torch.Tensor, notes: np.ndarray) -> torch.Tensor:
         segments, frames = split_track(samples)
@@ -195,8 +186,7 @@ class MT3Solver(L.LightningModule):
             ]
             padded = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True, padding_value=PAD_ID)
             inputs = self.frontend(segments[start : start + size], frames[start : start + size])
-            encoded = self.model.encoder(inputs)
-            losses.append(self._loss(encoded, padded.to(self.device))[0] * len(chunk))
+            losses.append(self._loss(inputs, padded.to(self.device))[0] * len(chunk))
         return torch.stack(losses).sum() / len(segments)
 
     def _evaluate(self, batch: dict, stage: str, batch_idx: int) -> None:

@@ -14,8 +14,6 @@ import torch
 
 from musicgen.notes import crop_notes
 from musicgen.transcription import EOS_ID, PAD_ID, segment_tokens, token
-from musicgen.transcription.transcriber import Transcriber
-from solvers.frame_targets import frame_targets
 from solvers.transcription import MT3Solver, init_shifts_from_positions
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -194,27 +192,6 @@ def test_tiny_preset_trains_resumes_evaluates_and_transcribes(
         "16",
     )
     assert (tmp_path / "out.mid").is_file()
-
-
-def test_frame_loss_trains_the_encoder_through_a_head_the_transcriber_drops(
-    tmp_path: Path,
-) -> None:
-    mt3 = solver(frame_loss=0.5)
-    crop = torch.from_numpy(crop_notes(NOTES, 0.0, 2.048))
-    batch = {"audio": torch.randn(1, 1, 32768) * 0.1, "notes": [crop]}
-    torch.manual_seed(1)
-    total = mt3.training_step(batch, 0)
-    encoded = mt3.model.encoder(mt3.frontend(batch["audio"][:, 0]))
-    tokens, _ = mt3._loss(encoded, mt3._targets(batch["notes"], 32768))
-    rolls = torch.from_numpy(frame_targets(crop.numpy(), encoded.shape[1]))[None]
-    assert torch.allclose(total, tokens + 0.5 * mt3.frame_head.loss(encoded, rolls), atol=1e-5)
-    total.backward()
-    assert mt3.frame_head.proj.weight.grad.abs().sum() > 0
-    ckpt = tmp_path / "solver.ckpt"
-    torch.save({"state_dict": mt3.state_dict(), "hyper_parameters": dict(mt3.hparams)}, ckpt)
-    loaded = Transcriber.from_checkpoint(ckpt).model
-    assert torch.equal(loaded.decoder.logits_dense.weight, mt3.model.decoder.logits_dense.weight)
-    assert solver().frame_head is None
 
 
 def test_cosine_schedule_decays_to_zero_at_cosine_steps() -> None:
