@@ -118,7 +118,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.audio:
-        wav, rate = sf.read(str(args.audio), dtype="float32", always_2d=True)
+        try:
+            wav, rate = sf.read(str(args.audio), dtype="float32", always_2d=True)
+        except sf.LibsndfileError as err:
+            parser.error(f"--audio {args.audio}: not an audio file soundfile can read ({err})")
         audio = convert_audio(torch.from_numpy(wav.T.copy()), rate, 16000, 1)[0]
         audio = audio[: int(args.seconds * 16000)]
     else:
