@@ -81,7 +81,7 @@ bench: install
 	$(PY) benchmarks/compression.py
 	$(PY) benchmarks/transcription.py
 	$(PY) benchmarks/scaling.py
-	$(PY) benchmarks/musicgen.py
+	$(PY) benchmarks/musicgen_lm.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

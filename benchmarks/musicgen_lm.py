@@ -1,6 +1,6 @@
 """MusicGen LM speed on CPU: ours against ``transformers``' MusicGen decoder in the same run.
 
-    python benchmarks/musicgen.py [--quick] [--configs tiny small]
+    python benchmarks/musicgen_lm.py [--quick] [--configs tiny small]
 
 Both models get the same configuration (``transformers.MusicgenForCausalLM`` from a
 ``MusicgenDecoderConfig`` of equal width, depth, heads, feed-forward, codebooks and card; SDPA
