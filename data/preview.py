@@ -29,6 +29,7 @@ from data.skips import SkipCounter  # noqa: E402
 from data.streams import decoded_samples  # noqa: E402
 from musicgen.errors import UserError  # noqa: E402
 from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, crop_notes  # noqa: E402
+from musicgen.paths import inside  # noqa: E402
 
 MELODY_STEMS = ("vocals", "other")
 
@@ -74,6 +75,23 @@ def plot_spectrogram_with_notes(
     plt.close(fig)
 
 
+def write_preview(sample: dict, out: Path, seconds: float, rate: int, melody: bool) -> None:
+    """Write the preview files of one decoded ``sample`` into ``out`` (see the module docstring)."""
+    out.mkdir(parents=True, exist_ok=True)
+    audio = sample["audio"][0, : int(seconds * rate)].numpy()
+    notes = crop_notes(sample["notes"].numpy(), 0.0, len(audio) / rate)
+    name = sample["key"]
+    sf.write(inside(out, f"{name}.wav"), audio, rate)
+    plot_spectrogram_with_notes(audio, rate, notes, sample["caption"], inside(out, f"{name}.png"))
+    print(f"wrote {out / name}.wav and {out / name}.png: {sample['caption']}")
+    if melody:
+        keep = [STEMS.index(stem) for stem in MELODY_STEMS]
+        stems = sample["stems"][keep, 0, : len(audio)].sum(0).numpy()
+        sf.write(inside(out, f"{name}.melody.wav"), stems, rate)
+        inside(out, f"{name}.txt").write_text(sample["caption"] + "\n")
+        print(f"wrote {out / name}.melody.wav ({' + '.join(MELODY_STEMS)}) and {out / name}.txt")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m data.preview", description=__doc__.splitlines()[0]
@@ -93,25 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         sample = next(decoded_samples(shards, spec, np.random.default_rng(0), SkipCounter()), None)
         if sample is None:
             raise UserError(f"no readable sample in the {args.split} split of {args.root}")
+        write_preview(sample, Path(args.out), args.seconds, spec.sample_rate, args.melody)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    audio = sample["audio"][0, : int(args.seconds * spec.sample_rate)].numpy()
-    notes = crop_notes(sample["notes"].numpy(), 0.0, len(audio) / spec.sample_rate)
-    name = sample["key"].replace("/", "_")
-    sf.write(out / f"{name}.wav", audio, spec.sample_rate)
-    plot_spectrogram_with_notes(
-        audio, spec.sample_rate, notes, sample["caption"], out / f"{name}.png"
-    )
-    print(f"wrote {out / name}.wav and {out / name}.png: {sample['caption']}")
-    if args.melody:
-        keep = [STEMS.index(stem) for stem in MELODY_STEMS]
-        melody = sample["stems"][keep, 0, : len(audio)].sum(0).numpy()
-        sf.write(out / f"{name}.melody.wav", melody, spec.sample_rate)
-        (out / f"{name}.txt").write_text(sample["caption"] + "\n")
-        print(f"wrote {out / name}.melody.wav ({' + '.join(MELODY_STEMS)}) and {out / name}.txt")
     return 0
 
 

@@ -14,6 +14,7 @@ log = logging.getLogger("data")
 SKIP_REASONS = (
     "unreadable_shard",
     "truncated_tar",
+    "unsafe_key",
     "missing_member",
     "undecodable_audio",
     "non_finite",

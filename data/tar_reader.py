@@ -1,4 +1,12 @@
-"""Streaming a WebDataset tar shard into raw samples (bytes only; nothing is ever unpickled)."""
+"""Streaming a WebDataset tar shard into raw samples (bytes only; nothing is ever unpickled).
+
+Sample keys are made safe here, where they come in: a key is the member path up to the
+basename's first dot, with ``.`` and empty path components dropped and its folders flattened
+by percent-encoding (``%`` -> ``%25``, then ``/`` -> ``%2F``), so ``album/x.flac`` gives the key
+``album%2Fx`` and ``urllib.parse.unquote(key)`` gives ``album/x`` back. A key is a single file
+name, so writers can put ``<key>.<ext>`` into their folder. A sample whose member path is
+absolute, has a ``..`` component or holds a NUL is skipped and counted as ``unsafe_key``.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +26,42 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
+def safe_key(key: str) -> str:
+    """``key`` (as :func:`split_member_name` gives it) as one file name (see the module docstring).
+
+    Raises ValueError when it is absolute, has a ``..`` component, holds a NUL or is empty.
+    """
+    if "\0" in key:
+        raise ValueError("the member name holds a NUL character")
+    if key.startswith("/"):
+        raise ValueError("the member name is an absolute path")
+    parts = [part for part in key.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("the member name has a '..' component")
+    if not parts:
+        raise ValueError("the member name gives an empty key")
+    return "%2F".join(part.replace("%", "%25") for part in parts)
+
+
+def _new_sample(
+    member_key: str, path: str, on_error: Callable[[str, str | None, Exception], None]
+) -> RawSample:
+    """The start of a raw sample, or ``{}`` (reported as ``unsafe_key``) when its key is unsafe."""
+    try:
+        return {"__key__": safe_key(member_key), "__shard__": path}
+    except ValueError as err:
+        on_error("unsafe_key", repr(member_key), err)
+        return {}
+
+
 def iter_tar_samples(
     path: str,
     on_error: Callable[[str, str | None, Exception], None],
     wanted: Callable[[str], bool] | None = None,
 ) -> Iterator[RawSample]:
-    """Yield ``{"__key__": key, "__shard__": path, ext: bytes, ...}`` for each sample of a tar shard.
+    """Yield ``{"__key__": key, "__shard__": path, ext: bytes, ...}`` for each sample of a tar shard
+    (``key`` made safe by :func:`safe_key`; a sample with an unsafe key calls
+    ``on_error("unsafe_key", key, err)`` once and is dropped).
 
     Members of one sample must be consecutive (as WebDataset writes them). Only members whose
     extension passes ``wanted`` are read (the others are skipped by seeking). A shard that cannot
@@ -49,7 +87,9 @@ def iter_tar_samples(
             if member_key != key:
                 if sample:
                     yield sample
-                key, sample = member_key, {"__key__": member_key, "__shard__": path}
+                key, sample = member_key, _new_sample(member_key, path, on_error)
+            if not sample:  # its key is unsafe
+                continue
             if wanted is not None and not wanted(ext):
                 continue
             fileobj = tar.extractfile(member)

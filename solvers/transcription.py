@@ -24,6 +24,7 @@ from musicgen.audio import fit_length
 from musicgen.errors import UserError
 from musicgen.metrics.transcription import dataset_metrics, track_metrics
 from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, notes_to_midi
+from musicgen.paths import inside
 from musicgen.tables import Table
 from musicgen.transcription.frontend import LogMelFrontend, split_track
 from musicgen.transcription.model import MT3Config, MT3Model
@@ -235,14 +236,13 @@ class MT3Solver(L.LightningModule):
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "media"
         out.mkdir(parents=True, exist_ok=True)
         stem = f"step{self.global_step:07d}-{key}"
-        notes_to_midi(est).write(str(out / f"{stem}.mid"))
+        midi, image = inside(out, f"{stem}.mid"), inside(out, f"{stem}.png")
+        notes_to_midi(est).write(str(midi))
         fig = _piano_roll_figure(ref, est, f"{key} at step {self.global_step}")
-        fig.savefig(out / f"{stem}.png", dpi=80)
+        fig.savefig(image, dpi=80)
         if isinstance(self.logger, WandbLogger):
-            self.logger.log_image(
-                "valid/piano_roll", [str(out / f"{stem}.png")], step=self.global_step
-            )
-            self.logger.experiment.save(str(out / f"{stem}.mid"), base_path=str(out), policy="now")
+            self.logger.log_image("valid/piano_roll", [str(image)], step=self.global_step)
+            self.logger.experiment.save(str(midi), base_path=str(midi.parent), policy="now")
         elif isinstance(self.logger, TensorBoardLogger):
             self.logger.experiment.add_figure("valid/piano_roll", fig, self.global_step)
 

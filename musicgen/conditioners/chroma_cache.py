@@ -22,6 +22,7 @@ import torch
 
 from musicgen.conditioners.melody import MelodyConditioner
 from musicgen.errors import UserError
+from musicgen.paths import inside
 
 FORMAT = "musicgen-chroma-cache"
 VERSION = 1
@@ -109,7 +110,7 @@ def write_cache(
 ) -> tuple[int, int]:
     """Write the chroma of ``(key, wav (C, T), stems (S, C, T) | None)`` tracks, at the melody's
     rate and ``channels``; returns (written, already there). Existing files are kept unless
-    ``overwrite``."""
+    ``overwrite``. A key whose file would lie outside the stemmer's folder raises UserError."""
     folder = cache_dir(out, melody.stemmer.tag)
     folder.mkdir(parents=True, exist_ok=True)
     meta_path = folder / META_FILE
@@ -121,7 +122,7 @@ def write_cache(
     meta_path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     written = kept = 0
     for key, wav, stems in tracks:
-        path = folder / f"{key}.npy"
+        path = inside(folder, f"{key}.npy")
         if path.is_file() and not overwrite:
             kept += 1
             continue
