@@ -20,7 +20,6 @@ test also codes each item with Opus (ffmpeg/libopus) and
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 
 import lightning as L
 import torch
@@ -41,6 +40,7 @@ from musicgen.metrics.audio_quality import MelDistance, si_snr
 from musicgen.opus import MIN_KBPS, opus_roundtrip
 from musicgen.tables import Table
 from solvers import media
+from solvers.reduction import log_reduced
 from solvers.schedules import ema_decay, lr_lambda
 
 LOSS_WEIGHTS = {"adv": 4.0, "feat": 4.0, "msspec": 2.0, "l1": 0.1}
@@ -226,27 +226,63 @@ class CompressionSolver(L.LightningModule):
             results[n_q] = (si_snr(fake, real), self.mel_distance(fake, real))
         return results
 
-    def _log_eval(
-        self, stage: str, results: dict[int, tuple[torch.Tensor, torch.Tensor]], batch_size: int
-    ) -> None:
-        for n_q, (sisnr, mel) in results.items():
-            self.log(f"{stage}/sisnr_q{n_q}", sisnr.mean(), batch_size=batch_size, sync_dist=True)
-            self.log(f"{stage}/mel_q{n_q}", mel.mean(), batch_size=batch_size, sync_dist=True)
-        sisnr, mel = results[self.codebooks[-1]]
-        self.log(f"{stage}/sisnr", sisnr.mean(), batch_size=batch_size, sync_dist=True)
-        self.log(
-            f"{stage}/mel",
-            mel.mean(),
-            batch_size=batch_size,
-            sync_dist=True,
-            prog_bar=stage == "valid",
+    def _result_keys(self, stage: str) -> list[str]:
+        """The stage's accumulators: ours per number of codebooks, and (test) Opus per bitrate."""
+        keys = [f"ours:{n_q}" for n_q in self.codebooks]
+        if stage == "test" and self.opus_baseline:
+            keys += [f"opus:{kbps}" for kbps in self.opus_rates()]
+        return keys
+
+    def _start(self, stage: str) -> None:
+        """Zero sums (SI-SNR, mel distance, kbps, items) for every key, on every rank, so that a
+        rank without samples reduces the same tensors as the others."""
+        self._results = {
+            key: torch.zeros(4, dtype=torch.float64, device=self.device)
+            for key in self._result_keys(stage)
+        }
+
+    def _add(self, key: str, sisnr: torch.Tensor, mel: torch.Tensor, kbps: torch.Tensor) -> None:
+        sums = torch.stack(
+            [sisnr.sum(), mel.sum(), kbps.to(sisnr).sum(), sisnr.new_tensor(len(sisnr))]
         )
+        self._results[key] += sums.to(self._results[key])
+
+    def _add_codec(self, real: torch.Tensor) -> None:
+        for n_q, (sisnr, mel) in self._codec_metrics(real).items():
+            self._add(f"ours:{n_q}", sisnr, mel, torch.full_like(sisnr, self.config.kbps(n_q)))
+
+    def _finish(self, stage: str) -> None:
+        """Sum the accumulators over ranks (one all-reduce, every rank) and log the means over
+        all items: ``{stage}/sisnr_q<n>``, ``{stage}/mel_q<n>`` and, at the most codebooks,
+        ``{stage}/sisnr`` and ``{stage}/mel``. Nothing is logged when no rank had an item."""
+        keys = list(self._results)
+        totals = self.trainer.strategy.reduce(
+            torch.stack([self._results[k] for k in keys]), reduce_op="sum"
+        )
+        self._results = dict(zip(keys, totals, strict=True))
+        if self._results[f"ours:{self.codebooks[-1]}"][3] == 0:
+            return
+        metrics = {}
+        for n_q in self.codebooks:
+            sisnr, mel, _, count = self._results[f"ours:{n_q}"].tolist()
+            metrics |= {f"{stage}/sisnr_q{n_q}": sisnr / count, f"{stage}/mel_q{n_q}": mel / count}
+        most = self.codebooks[-1]
+        log_reduced(self, metrics | {f"{stage}/sisnr": metrics[f"{stage}/sisnr_q{most}"]})
+        log_reduced(
+            self, {f"{stage}/mel": metrics[f"{stage}/mel_q{most}"]}, prog_bar=stage == "valid"
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        self._start("valid")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real = batch["audio"]
-        self._log_eval("valid", self._codec_metrics(real), real.shape[0])
+        self._add_codec(real)
         if batch_idx == 0 and self.global_rank == 0:
             self._log_media(real[: self.log_audio_items])
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish("valid")
 
     def _log_media(self, real: torch.Tensor) -> None:
         if not media.supports_media(self.logger):
@@ -264,20 +300,11 @@ class CompressionSolver(L.LightningModule):
         return sorted({max(MIN_KBPS, round(self.config.kbps(n_q), 3)) for n_q in self.codebooks})
 
     def on_test_epoch_start(self) -> None:
-        self._results = defaultdict(lambda: torch.zeros(4, dtype=torch.float64, device=self.device))
-
-    def _add(self, key: str, sisnr: torch.Tensor, mel: torch.Tensor, kbps: torch.Tensor) -> None:
-        sums = torch.stack(
-            [sisnr.sum(), mel.sum(), kbps.to(sisnr).sum(), sisnr.new_tensor(len(sisnr))]
-        )
-        self._results[key] += sums.to(self._results[key])
+        self._start("test")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         real = batch["audio"]
-        results = self._codec_metrics(real)
-        self._log_eval("test", results, real.shape[0])
-        for n_q, (sisnr, mel) in results.items():
-            self._add(f"ours:{n_q}", sisnr, mel, torch.full_like(sisnr, self.config.kbps(n_q)))
+        self._add_codec(real)
         if self.opus_baseline:
             for kbps in self.opus_rates():
                 coded = [opus_roundtrip(item, self.config.sample_rate, kbps) for item in real]
@@ -288,15 +315,14 @@ class CompressionSolver(L.LightningModule):
                 )
 
     def on_test_epoch_end(self) -> None:
-        self._results = {
-            k: self.trainer.strategy.reduce(v, reduce_op="sum")
-            for k, v in sorted(self._results.items())
-        }
+        self._finish("test")
 
     def evaluation_tables(self) -> list[Table]:
         """Our codec per bitrate, Opus at matching bitrates and the paper's figures (after ``trainer.test``)."""
         rows = []
         for key, (sisnr, mel, kbps, count) in ((k, v.tolist()) for k, v in self._results.items()):
+            if not count:  # an empty split
+                continue
             kind, setting = key.split(":")
             ours = kind == "ours"
             name = "ours (EMA weights)" if self.ema is not None else "ours"
