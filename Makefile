@@ -51,16 +51,16 @@ demo-data: install
 
 demo-compression: demo-data
 	$(DEMO_RUN) experiment=compression_tiny run.name=demo-compression
-	$(DEMO_EVAL) solver=compression experiment=compression_tiny checkpoint=$(CODEC_CKPT)
+	$(DEMO_EVAL) solver=compression checkpoint=$(CODEC_CKPT)
 
 demo-mt3: demo-data
 	$(DEMO_RUN) experiment=mt3_tiny run.name=demo-mt3
-	$(DEMO_EVAL) solver=mt3 experiment=mt3_tiny checkpoint=$(MT3_CKPT)
+	$(DEMO_EVAL) solver=mt3 checkpoint=$(MT3_CKPT)
 
 # MusicGen-Melody on the tiny codec's tokens; then a sample that follows a held-out test melody.
 demo-musicgen: demo-compression
 	$(DEMO_RUN) experiment=musicgen_melody_tiny run.name=demo-musicgen-melody
-	$(DEMO_EVAL) solver=musicgen_melody experiment=musicgen_melody_tiny checkpoint=$(MUSICGEN_CKPT)
+	$(DEMO_EVAL) solver=musicgen_melody checkpoint=$(MUSICGEN_CKPT)
 	$(PY) -m data.preview $(DATA)/synth --split test --seconds 8 --melody --out $(DEMO_OUT)/melody
 	melody=$$(ls $(DEMO_OUT)/melody/*.melody.wav | head -n 1); \
 	$(PY) -m musicgen.generate --checkpoint $(MUSICGEN_CKPT) --text "$$(cat $${melody%.melody.wav}.txt)" \

@@ -13,40 +13,40 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from musicgen.checkpoint_io import load_lightning_checkpoint
 from musicgen.errors import UserError
 from musicgen.tables import Table, write_tables
+from solvers.restore import load_weights, restore_solver_config
 from solvers.runtime import build_datamodule, register_resolvers, run_entry
 
 log = logging.getLogger("evaluate")
 register_resolvers()
 
 
-def load_solver(cfg: DictConfig) -> L.LightningModule:
-    """Instantiate the configured solver and load the checkpoint's weights into it."""
+def restore_checkpoint(cfg: DictConfig) -> tuple[Path, dict]:
+    """Read ``cfg.checkpoint`` and put its training solver config into ``cfg`` (the command
+    line's ``solver.*`` overrides on top)."""
+    if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
+        raise UserError("no checkpoint given: pass checkpoint=<run dir>/checkpoints/last.ckpt")
     path = Path(cfg.checkpoint)
-    if not path.is_file():
-        raise UserError(
-            f"checkpoint {path} does not exist: pass checkpoint=<run dir>/checkpoints/last.ckpt"
-        )
-    solver = instantiate(cfg.solver.module, _convert_="all")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" not in state:
-        raise UserError(f"{path} is not a Lightning checkpoint of train.py (no state_dict)")
-    solver.load_state_dict(state["state_dict"])
-    return solver
+    state = load_lightning_checkpoint(path)
+    restore_solver_config(cfg, state, path, list(HydraConfig.get().overrides.task))
+    return path, state
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
     """Run the test loop of the solver on ``cfg.split``; returns the table rows written."""
-    L.seed_everything(cfg.seed, workers=True)
+    path, state = restore_checkpoint(cfg)  # first: the trained solver config shapes the data
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     datamodule.check_source()
-    solver = load_solver(cfg)
+    solver = instantiate(cfg.solver.module, _convert_="all")
+    load_weights(solver, state, path, cfg.solver.name)
     trainer = instantiate(
         cfg.trainer, logger=False, callbacks=[RichProgressBar()], default_root_dir=cfg.run.dir
     )

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from musicgen.compression import CompressionModel
+from musicgen.compression import CodecConfig, CompressionModel
 from musicgen.conditioners.chroma import ChromaExtractor
 from musicgen.conditioners.chroma_cache import ChromaCache
 from musicgen.errors import UserError
@@ -172,7 +172,8 @@ class MusicGenSolver(L.LightningModule):
     ``segment_seconds``), ``data_fields`` the batch fields the data config asks for (checked
     against the stemmer), ``generation`` the sampling settings of every generation,
     ``samples`` how many validation clips (``count``, ``duration`` in seconds, ``seed``),
-    ``evaluation`` the test metrics' models (``fad_embedder``: crepe, vggish or encodec, with
+    ``codec`` the codec's config when rebuilding from a checkpoint (which holds its weights;
+    otherwise the codec is read from ``codec_checkpoint``), ``evaluation`` the test metrics' models (``fad_embedder``: crepe, vggish or encodec, with
     ``fad_weights``; ``clap_weights``/``kl_weights`` enable those slots).
     """
 
@@ -180,6 +181,7 @@ class MusicGenSolver(L.LightningModule):
         self,
         lm: dict,
         codec_checkpoint: str | None = None,
+        codec: dict | None = None,
         text: dict | None = None,
         melody: dict | None = None,
         data_fields: list[str] | None = None,
@@ -204,7 +206,12 @@ class MusicGenSolver(L.LightningModule):
             if not 0.0 <= p <= 1.0:
                 raise UserError(f"solver.module.{name} must be a probability in [0, 1], got {p}")
         self.save_hyperparameters()
-        codec = load_codec(codec_checkpoint)
+        # A checkpoint holds the codec's weights: rebuilding it takes only its config.
+        codec = (
+            CompressionModel(CodecConfig.from_dict(codec))
+            if codec
+            else load_codec(codec_checkpoint)
+        )
         if melody is not None and melody.get("duration_frames") is None and segment_seconds:
             melody = {**melody, "duration_frames": melody_frames(melody, codec, segment_seconds)}
             self.hparams["melody"] = melody
@@ -217,16 +224,20 @@ class MusicGenSolver(L.LightningModule):
         self.evaluation = {**EVALUATION, **(evaluation or {})}
         self.cfg_dropout, self.melody_dropout = cfg_dropout, melody_dropout
         self.ema = ParameterEMA(self.model, ema_decay) if ema_decay else None
+        if chroma_cache and not self.model.has_melody:
+            raise UserError("solver.module.chroma_cache is for melody models: unset it")
+        self.chroma_cache_dir = chroma_cache
         self.chroma_cache = None
-        if chroma_cache:
-            if not self.model.has_melody:
-                raise UserError("solver.module.chroma_cache is for melody models: unset it")
-            melody_conditioner = self.model.conditions.melody
-            self.chroma_cache = ChromaCache(chroma_cache, melody_conditioner, codec.channels)
         self._embedder = None
         self._sums: dict[str, torch.Tensor] = {}
         self._clap: dict[str, ClapScore] = {}
         self._kl: dict[str, KLDivergence] = {}
+
+    def setup(self, stage: str) -> None:
+        """Opens the chroma cache for training only: evaluation stems its inputs."""
+        if stage == "fit" and self.chroma_cache_dir and self.chroma_cache is None:
+            melody = self.model.conditions.melody
+            self.chroma_cache = ChromaCache(self.chroma_cache_dir, melody, self.model.channels)
 
     # ---- training ------------------------------------------------------------------------
 

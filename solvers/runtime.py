@@ -23,6 +23,7 @@ from data.datamodule import MusicDataModule, SolverData
 from musicgen.errors import UserError
 from solvers.cluster import cluster_value, rank_suffix, rank_zero_only
 from solvers.preemption import AtomicCheckpointIO, LastCheckpoint, cluster_plugins
+from solvers.run_config import SolverConfigRecorder
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         ),
         LearningRateMonitor(logging_interval="step"),
         RichProgressBar(),
+        SolverConfigRecorder(cfg),
     ]
     if cfg.checkpoint.save_top_k > 0:
         callbacks.append(

@@ -68,10 +68,10 @@ def test_train_resume_and_evaluate(toy_dataset: Path, tmp_path: Path) -> None:
     ema = {k[len("ema.") :]: v for k, v in second["state_dict"].items() if k.startswith("ema.")}
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
 
+    # The issue's command form: the checkpoint brings its solver config (no experiment=).
     run(
         "evaluate.py",
         "solver=compression",
-        *TOY[:3],
         f"dataset.root={toy_dataset}",
         f"paths.runs_dir={tmp_path}",
         f"checkpoint={run_dir}/checkpoints/last.ckpt",
@@ -89,3 +89,39 @@ def test_train_resume_and_evaluate(toy_dataset: Path, tmp_path: Path) -> None:
     assert "| Opus (libopus, CBR) |" in (eval_dir / "compression.md").read_text()
     results = json.loads((eval_dir / "results.json").read_text())["rows"][0]
     assert {"test/sisnr", "test/mel", "test/sisnr_q12", "test/mel_q3"} <= set(results)
+
+
+def test_evaluate_refuses_what_does_not_fit_the_checkpoint(
+    toy_dataset: Path, tmp_path: Path
+) -> None:
+    """Another solver's name, a model-shape override, a damaged file or no checkpoint at all:
+    one error line and exit 2, before any evaluation."""
+    common = [f"dataset.root={toy_dataset}", f"paths.runs_dir={tmp_path}", *TOY]
+    run("train.py", *common, "logger=csv", "trainer=debug", "trainer.max_steps=1")
+    (run_dir,) = tmp_path.iterdir()
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(ckpt.read_bytes()[:5000])
+    cases = [
+        (["solver=mt3", f"checkpoint={ckpt}"], "trained with solver=compression"),
+        (
+            ["solver=compression", "solver.module.codec.dimension=32", f"checkpoint={ckpt}"],
+            "does not fit the model",
+        ),
+        (["solver=compression", f"checkpoint={damaged}"], "cannot be read"),
+        (["solver=compression", f"checkpoint={tmp_path}/none.ckpt"], "does not exist"),
+        (["solver=compression"], "no checkpoint given"),
+        (["solver=compression", "checkpoint="], "no checkpoint given"),
+    ]
+    for args, message in cases:
+        result = subprocess.run(
+            [sys.executable, "evaluate.py", f"dataset.root={toy_dataset}", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+        assert "weights_only=False" not in result.stderr

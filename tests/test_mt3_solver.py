@@ -165,8 +165,7 @@ def test_tiny_preset_trains_resumes_evaluates_and_transcribes(
 
     run(
         "evaluate.py",
-        "solver=mt3",
-        "experiment=mt3_tiny",
+        "solver=mt3",  # the checkpoint brings its preset (no experiment=)
         f"dataset.root={toy_dataset}",
         f"paths.runs_dir={tmp_path}",
         f"checkpoint={ckpt}",

@@ -416,6 +416,9 @@ def test_a_chroma_cache_gives_the_loss_of_stemming_each_step(
     tracks = zip(batch["key"], batch["audio"], batch["stems"], strict=True)
     write_cache(tracks, direct.model.conditions.melody, tmp_path)
     cached = make_solver(assets, melody=melody, chroma_cache=str(tmp_path))
+    cached.setup("test")  # evaluation stems its inputs: the cache is for training only
+    assert cached.chroma_cache is None
+    cached.setup("fit")
     cached.model.load_state_dict(direct.model.state_dict())
     drop = (torch.zeros(2, dtype=torch.bool), torch.tensor([False, True]))
     assert "chroma" in cached._melody_inputs(batch)
