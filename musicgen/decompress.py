@@ -1,9 +1,10 @@
 """Decode an ``.ecdc`` file written by ``python -m musicgen.compress`` back to audio.
 
-    python -m musicgen.decompress in.ecdc out.wav [--checkpoint PATH]
+    python -m musicgen.decompress in.ecdc out.wav --checkpoint PATH
 
-The codec is the one named in the file's header (checked against its sha256); pass
-``--checkpoint`` when it has moved.
+``PATH`` is the codec the file was compressed with (a saved codec directory, a ``train.py``
+checkpoint or an official EnCodec ``.th`` file); the file names it by model name and weight
+digest, and a different codec is refused. The audio is written piece by piece (16-bit PCM).
 """
 
 from __future__ import annotations
@@ -14,31 +15,80 @@ from pathlib import Path
 
 import soundfile as sf
 
-from musicgen.compress import load_codec
-from musicgen.compression.checkpoint import file_digest
+from musicgen.compress import check_target, progress_bar
+from musicgen.compression import CompressionModel, EncodedAudio
+from musicgen.compression.config import OFFICIAL_FILES
 from musicgen.compression.container import read_ecdc
 from musicgen.errors import UserError
+
+
+def load_codec(source: str | Path, header: dict, checkpoint: str | Path | None) -> CompressionModel:
+    """The codec ``checkpoint``, checked to be the one the header of ``source`` names."""
+    if checkpoint is None:
+        name = header["codec"]
+        if name in OFFICIAL_FILES:
+            raise UserError(
+                f"{source} was compressed with the official {name} codec: pass --checkpoint "
+                f"<folder>/{OFFICIAL_FILES[name]}"
+            )
+        raise UserError(
+            f"{source} was compressed with a {name} codec (digest {header['codec_sha256']}): pass "
+            "--checkpoint with that codec (its .ckpt or saved folder)"
+        )
+    model = CompressionModel.from_checkpoint(checkpoint)
+    if model.digest() != header["codec_sha256"]:
+        raise UserError(
+            f"{checkpoint} is not the codec {source} was compressed with (digest {model.digest()}, "
+            f"the file needs {header['codec_sha256']}): pass --checkpoint with that codec"
+        )
+    return model
+
+
+def check_codes(source: str | Path, header: dict, scales: int, model: CompressionModel) -> None:
+    """A UserError when the header of ``source`` does not fit ``model`` (a damaged file)."""
+    expected = {
+        "sample_rate": model.sample_rate,
+        "channels": model.channels,
+        "bits": model.config.bits_per_codebook,
+        "frames": model.frames_for(header["length"]),
+        "scales": len(model.segments(header["length"])) if model.config.normalize else 0,
+    }
+    found = {**header, "scales": scales}
+    wrong = [
+        f"{key}={found[key]} (expected {value})"
+        for key, value in expected.items()
+        if found[key] != value
+    ]
+    if header["bits"] > model.config.bits_per_codebook:
+        wrong.append(f"its codes can exceed the codebook size {model.cardinality}")
+    if header["n_q"] > model.num_codebooks:
+        wrong.append(f"n_q={header['n_q']} but the codec has {model.num_codebooks} codebooks")
+    if wrong:
+        raise UserError(
+            f"{source} is damaged: its header does not fit the codec ({'; '.join(wrong)}): "
+            "compress the audio again"
+        )
 
 
 def decompress(
     source: str | Path, target: str | Path, checkpoint: str | Path | None = None
 ) -> dict:
     """Write the audio coded in ``source`` to ``target`` (16-bit PCM at the codec's rate); returns the header."""
-    header, codes = read_ecdc(source)
-    checkpoint = Path(checkpoint or header["checkpoint"])
-    if not checkpoint.exists():
-        raise UserError(
-            f"the codec {checkpoint} that {source} was compressed with is missing: pass --checkpoint PATH"
-        )
-    if file_digest(checkpoint) != header["checkpoint_sha256"]:
-        raise UserError(
-            f"{checkpoint} is not the codec {source} was compressed with (sha256 differs): pass --checkpoint with that codec"
-        )
-    model = load_codec(checkpoint)
-    wav = model.decode(codes.unsqueeze(0), header["length"])[0]
-    if header["scale"] is not None:
-        wav = wav * header["scale"]
-    sf.write(target, wav.clamp(-1, 1).numpy().T, header["sample_rate"], subtype="PCM_16")
+    header, codes, scales = read_ecdc(source)
+    check_target(target)
+    model = load_codec(source, header, checkpoint)
+    check_codes(source, header, 0 if scales is None else len(scales), model)
+    pieces = model.decompress(EncodedAudio(codes, scales), header["length"])
+    try:
+        with (
+            sf.SoundFile(target, "w", model.sample_rate, model.channels, "PCM_16") as out,
+            progress_bar(header["length"] / model.sample_rate, "decompress") as bar,
+        ):
+            for piece in pieces:
+                out.write(piece.clamp(-1, 1).T.numpy())
+                bar.update(piece.shape[-1] / model.sample_rate)
+    except (sf.LibsndfileError, TypeError, ValueError, OSError) as err:
+        raise UserError(f"cannot write {target} ({err}): pass a .wav or .flac path") from None
     return header
 
 
@@ -47,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m musicgen.decompress", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("source", help="the .ecdc file")
-    parser.add_argument("target", help="audio file to write (WAV)")
+    parser.add_argument("target", help="audio file to write (WAV or FLAC)")
     parser.add_argument(
-        "--checkpoint", default=None, help="the codec, when it is no longer where the header says"
+        "--checkpoint",
+        default=None,
+        help="the codec the file was compressed with (saved codec directory, .ckpt or official .th)",
     )
     args = parser.parse_args(argv)
     try:

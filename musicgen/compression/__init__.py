@@ -1,7 +1,7 @@
 """EnCodec-style neural audio codec built on the ``encodec`` package (pure PyTorch)."""
 
 from musicgen.compression.config import OFFICIAL, CodecConfig
-from musicgen.compression.model import CodecOutput, CompressionModel
+from musicgen.compression.model import CodecOutput, CompressionModel, EncodedAudio
 from musicgen.compression.quantizer import FixedResidualVectorQuantizer, codebook_stats
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "CodecConfig",
     "CodecOutput",
     "CompressionModel",
+    "EncodedAudio",
     "FixedResidualVectorQuantizer",
     "codebook_stats",
 ]

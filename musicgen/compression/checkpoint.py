@@ -5,8 +5,8 @@ Our export format is a directory with two files:
 * ``config.json``: ``{"format": "musicgen-codec", "version": 1, "config": CodecConfig.to_dict()}``
 * ``model.safetensors``: the model's state dict.
 
-We also read a ``train.py`` Lightning checkpoint of ``solver=compression`` (``torch.load`` with
-``weights_only=True``; the codec config is its ``hyper_parameters["codec"]``, the weights are the
+We also read a ``train.py`` Lightning checkpoint of ``solver=compression`` (through
+:func:`musicgen.checkpoint_io.load_checkpoint`, ``weights_only=True``; the codec config is its ``hyper_parameters["codec"]``, the weights are the
 EMA generator's when present) and the official EnCodec ``.th`` state dicts.
 """
 
@@ -17,8 +17,10 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from musicgen.checkpoint_io import load_checkpoint
 from musicgen.compression.config import OFFICIAL, OFFICIAL_FILES, CodecConfig
 from musicgen.errors import UserError
 
@@ -45,21 +47,37 @@ def read_codec_dir(directory: str | Path) -> tuple[CodecConfig, State]:
         raise UserError(
             f"{root} is not a saved codec (needs {CONFIG_FILE} and {WEIGHTS_FILE}): save one with CompressionModel.save"
         )
-    header = json.loads((root / CONFIG_FILE).read_text())
-    if header.get("format") != FORMAT or header.get("version") != VERSION:
+    try:
+        header = json.loads((root / CONFIG_FILE).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    if (
+        not isinstance(header, dict)
+        or header.get("format") != FORMAT
+        or header.get("version") != VERSION
+        or not isinstance(header.get("config"), dict)
+    ):
         raise UserError(
             f"{root / CONFIG_FILE} is not a {FORMAT} v{VERSION} config: re-export the model with this version"
         )
-    return CodecConfig.from_dict(header["config"]), load_file(str(root / WEIGHTS_FILE))
+    try:
+        weights = load_file(str(root / WEIGHTS_FILE))
+    except SafetensorError as err:
+        raise UserError(
+            f"{root / WEIGHTS_FILE} cannot be read ({err}): it is truncated or damaged; save the codec again"
+        ) from None
+    return CodecConfig.from_dict(header["config"]), weights
 
 
 def read_lightning_checkpoint(path: str | Path) -> tuple[CodecConfig, State]:
     """Codec config and generator weights (EMA ones when the run kept an EMA) of a train.py .ckpt."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    codec = ckpt.get("hyper_parameters", {}).get("codec")
-    if codec is None or "state_dict" not in ckpt:
+    ckpt = load_checkpoint(path, "codec checkpoint")
+    hparams = ckpt.get("hyper_parameters")
+    codec = hparams.get("codec") if isinstance(hparams, dict) else None
+    if not isinstance(codec, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UserError(
-            f"{path} is not a checkpoint of solver=compression: pass a .ckpt written by train.py solver=compression"
+            f"codec checkpoint {path} is not a checkpoint of solver=compression: pass a .ckpt written by "
+            "train.py solver=compression, a folder saved by CompressionModel.save or an official EnCodec .th file"
         )
     weights = ckpt["state_dict"]
     prefix = "ema." if any(k.startswith("ema.") for k in weights) else "model."
@@ -68,14 +86,11 @@ def read_lightning_checkpoint(path: str | Path) -> tuple[CodecConfig, State]:
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file, or of a saved codec directory's two files."""
-    root = Path(path)
-    files = [root / CONFIG_FILE, root / WEIGHTS_FILE] if root.is_dir() else [root]
+    """sha256 of a file."""
     sha = hashlib.sha256()
-    for file in files:
-        with file.open("rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                sha.update(block)
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
     return sha.hexdigest()
 
 
@@ -95,7 +110,7 @@ def read_official(
         raise UserError(
             f"{path} does not match its published sha256 prefix {expected}: download it again (or pass check_hash=False for a modified copy)"
         )
-    return OFFICIAL[name], torch.load(path, map_location="cpu", weights_only=True)
+    return OFFICIAL[name], load_checkpoint(path, "official EnCodec weights")
 
 
 def official_name(path: str | Path) -> str | None:

@@ -16,7 +16,10 @@ class CodecConfig:
     is their product and the frame rate ``sample_rate / hop``. ``n_q`` codebooks of ``bins``
     entries give ``frame_rate * log2(bins) / 1000`` kbps per codebook. The remaining fields are
     passed to the ``encodec`` package's SEANet encoder/decoder and residual vector quantizer.
-    ``normalize`` (official 48 kHz model) means audio is scaled to unit RMS before encoding.
+    ``normalize`` (official 48 kHz model) means audio is scaled to unit RMS (of its mono mix)
+    before encoding. ``segment`` (seconds, or None for whole signals) and ``overlap`` (fraction of
+    a segment) are the ``encodec`` package's ``EncodecModel`` overlap-add settings: files are coded
+    as independent segments, each normalised on its own, and decoded segments are cross-faded.
     """
 
     sample_rate: int = 32000
@@ -38,6 +41,8 @@ class CodecConfig:
     decay: float = 0.99
     threshold_ema_dead_code: float = 2.0
     normalize: bool = False
+    segment: float | None = None
+    overlap: float = 0.01
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -54,6 +59,17 @@ class CodecConfig:
     @property
     def frame_rate(self) -> float:
         return self.sample_rate / self.hop_length
+
+    @property
+    def segment_length(self) -> int | None:
+        """Samples per segment (None: whole signals), as ``EncodecModel.segment_length``."""
+        return None if self.segment is None else int(self.segment * self.sample_rate)
+
+    @property
+    def segment_stride(self) -> int | None:
+        """Samples between segment starts, as ``EncodecModel.segment_stride``."""
+        length = self.segment_length
+        return None if length is None else max(1, int((1 - self.overlap) * length))
 
     @property
     def bits_per_codebook(self) -> int:
@@ -77,7 +93,12 @@ class CodecConfig:
             raise UserError(
                 f"unknown codec config keys {sorted(unknown)}: use only {sorted(known)}"
             )
-        return cls(**data)
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as err:
+            raise UserError(
+                f"invalid codec config ({err}): fix the codec's config or export it again"
+            ) from None
 
 
 # The two models of the ``encodec`` package (``EncodecModel.encodec_model_24khz/48khz``):
@@ -111,8 +132,15 @@ OFFICIAL = {
         pad_mode="reflect",
         true_skip=False,
         normalize=True,
+        segment=1.0,
         name="encodec_48khz",
     ),
+}
+
+# The bandwidths (kbps) the ``encodec`` package lets each official model use.
+OFFICIAL_BANDWIDTHS = {
+    "encodec_24khz": (1.5, 3.0, 6.0, 12.0, 24.0),
+    "encodec_48khz": (3.0, 6.0, 12.0, 24.0),
 }
 
 # File names (with their sha256 prefix) under which the official weights are published.
