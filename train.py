@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from solvers.cluster import check_cluster
 from solvers.preemption import remove_partial_checkpoints
+from solvers.resume import resume_checkpoint
 from solvers.runtime import (
     build_datamodule,
     build_trainer,
@@ -39,7 +40,11 @@ def train(cfg: DictConfig) -> dict:
     datamodule.check_source()
     solver = instantiate(cfg.solver.module, _convert_="all")
     trainer = build_trainer(cfg, run_dir)
-    ckpt = last_checkpoint(run_dir) if cfg.run.resume else None
+    ckpt = (
+        resume_checkpoint(last_checkpoint(run_dir), cfg.solver.name, solver)
+        if cfg.run.resume
+        else None
+    )
     if trainer.is_global_zero:
         for partial in remove_partial_checkpoints(checkpoint_dir(run_dir)):
             log.warning("removed %s, left by a checkpoint write that was killed", partial)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from musicgen.audio import convert_audio, loop_to_length
+from musicgen.checkpoint_io import check_solver, first_line, load_lightning_checkpoint
 from musicgen.compression import CodecConfig, CompressionModel
 from musicgen.conditioners.chroma import ChromaExtractor
 from musicgen.conditioners.melody import MelodyConditioner
@@ -337,12 +338,9 @@ class MusicGen(nn.Module):
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", ema: bool = True) -> MusicGen:
         """Rebuild the model of a ``train.py`` checkpoint of ``solver=musicgen``/``musicgen_melody``
         (read with ``weights_only=True``), with its EMA weights when it has them and ``ema``."""
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(
-                f"checkpoint {path} does not exist: pass <run dir>/checkpoints/last.ckpt of train.py solver=musicgen"
-            )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        fix = "pass <run dir>/checkpoints/last.ckpt of train.py solver=musicgen"
+        state = load_lightning_checkpoint(path, fix=fix)
+        check_solver(state, path, ("musicgen", "musicgen_melody"))
         try:
             hparams, weights = state["hyper_parameters"], state["state_dict"]
             codec = CompressionModel(CodecConfig.from_dict(hparams["codec"]))
@@ -355,7 +353,7 @@ class MusicGen(nn.Module):
             )
         except (KeyError, TypeError) as err:
             raise UserError(
-                f"{path} is not a checkpoint of train.py solver=musicgen (missing {err}): pass one of its .ckpt files"
+                f"{path} is not a checkpoint of train.py solver=musicgen (missing {err}): {fix}"
             ) from err
         own = {
             k[len(SOLVER_PREFIX) :]: v for k, v in weights.items() if k.startswith(SOLVER_PREFIX)
@@ -366,5 +364,11 @@ class MusicGen(nn.Module):
                 for k, v in weights.items()
                 if k.startswith(EMA_PREFIX)
             }
-        model.load_state_dict(own)
+        try:
+            model.load_state_dict(own)
+        except RuntimeError as err:
+            raise UserError(
+                f"the weights in {path} do not fit the model its hyperparameters describe "
+                f"({first_line(err)}): {fix}"
+            ) from None
         return model.to(device).eval()

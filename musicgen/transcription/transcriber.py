@@ -14,14 +14,17 @@ t5x parameters of an official MT3 checkpoint (see :func:`model_from_t5x`).
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pretty_midi
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from musicgen.audio import convert_audio
+from musicgen.checkpoint_io import check_solver, first_line, load_lightning_checkpoint
 from musicgen.errors import UserError
 from musicgen.notes import notes_to_midi
 from musicgen.transcription.frontend import LogMelFrontend, split_track
@@ -58,7 +61,8 @@ def transcribe_track(
 
 
 def _load_ckpt(path: Path) -> MT3Model:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_lightning_checkpoint(path, fix="pass a .ckpt of train.py solver=mt3")
+    check_solver(state, path, ("mt3",))
     try:
         cfg = MT3Config.from_dict(state["hyper_parameters"]["model"])
         weights = {
@@ -66,12 +70,13 @@ def _load_ckpt(path: Path) -> MT3Model:
             for k, v in state["state_dict"].items()
             if k.startswith(SOLVER_PREFIX)
         }
-    except (KeyError, TypeError) as err:
+        model = MT3Model(cfg)
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise UserError(
-            f"{path} is not a checkpoint of train.py solver=mt3 (missing {err}): pass one of its .ckpt files"
-        ) from err
-    model = MT3Model(cfg)
-    model.load_state_dict(weights)
+            f"{path} is not a checkpoint of train.py solver=mt3 ({first_line(err)}): "
+            "pass one of its .ckpt files"
+        ) from None
     return model
 
 
@@ -81,9 +86,26 @@ def _load_exported(weights: Path) -> MT3Model:
         raise UserError(
             f"no {config} beside {weights}: export the model with Transcriber.save(directory)"
         )
-    model = MT3Model(MT3Config.from_dict(json.loads(config.read_text())))
-    model.load_state_dict(load_file(weights))
+    try:
+        model = MT3Model(MT3Config.from_dict(json.loads(config.read_text())))
+        model.load_state_dict(load_file(weights))
+    except (SafetensorError, ValueError, TypeError, KeyError, RuntimeError, OSError) as err:
+        raise UserError(
+            f"the exported model {weights} with {config} cannot be loaded ({first_line(err)}): "
+            "export it again with Transcriber.save(directory)"
+        ) from None
     return model
+
+
+def _load_t5x(path: Path) -> MT3Model:
+    try:
+        with np.load(path, allow_pickle=False) as params:
+            return model_from_t5x(dict(params))
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(
+            f"{path} is not a readable .npz of MT3 t5x parameters ({first_line(err)}): "
+            "convert the official checkpoint again"
+        ) from None
 
 
 class Transcriber:
@@ -116,8 +138,7 @@ class Transcriber:
         elif path.suffix == ".safetensors":
             model = _load_exported(path)
         elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as params:
-                model = model_from_t5x(dict(params))
+            model = _load_t5x(path)
         else:
             raise UserError(
                 f"unknown checkpoint type {path.suffix!r} of {path}: use .ckpt, .safetensors or .npz"
