@@ -311,13 +311,18 @@ class CompressionModel(nn.Module):
     def _from_state(cls, config: CodecConfig, state: ckpt.State, source: Path) -> CompressionModel:
         model = cls(config)
         try:
-            model.load_state_dict(state)
+            missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as err:
-            reason = str(err).strip().splitlines()[0]
-            raise UserError(
-                f"the weights in {source} do not fit its codec config ({reason[:120]}): pass an unmodified codec checkpoint"
-            ) from None
-        return model.eval()
+            lines = str(err).strip().splitlines()
+            reason = next((line.strip() for line in lines if "size mismatch" in line), lines[0])
+        else:
+            if not missing and not unexpected:
+                return model.eval()
+            example = (missing or unexpected)[0]
+            reason = f"{len(missing)} tensors missing, {len(unexpected)} unexpected, e.g. {example}"
+        raise UserError(
+            f"the weights in {source} do not fit its codec config ({reason[:160]}): pass an unmodified codec checkpoint"
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> CompressionModel:

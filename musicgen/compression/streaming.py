@@ -61,7 +61,9 @@ class ConvStage:
             return None
         end = self.start + self.buffer.shape[-1]
         upto = end if final else (end - self.right) // self.down * self.down
-        if upto <= self.done or (not final and end - self.start < self.left + self.right + self.down):
+        if upto <= self.done or (
+            not final and end - self.start < self.left + self.right + self.down
+        ):
             return None  # a shorter window would pad differently from the whole signal
         out = self.layers(self.buffer)
         lo = (self.done - self.start) * self.up // self.down
