@@ -2,6 +2,9 @@
 
 Each (reason, shard, key) is named once (a training stream may crop the same piece again and
 again), and at most :data:`WARN_LIMIT` times per reason and reader; later skips are only counted.
+A damaged shard (:data:`SHARD_REASONS`) is counted once per counter, however often a training
+stream passes over it; the streams give each shard's own problems to one reader only
+(:func:`data.streams.decoded_samples`), so the readers' counts add up to each skip once.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from collections import Counter
 
 log = logging.getLogger("data")
 
+SHARD_REASONS = ("unreadable_shard", "not_a_tar", "truncated_tar")
 SKIP_REASONS = (
-    "unreadable_shard",
-    "truncated_tar",
+    *SHARD_REASONS,
     "unsafe_key",
     "missing_member",
     "undecodable_audio",
@@ -35,6 +38,7 @@ class SkipCounter:
         self.seconds = 0.0
         self.skipped: Counter[str] = Counter()
         self._named: set[tuple[str, str, str | None]] = set()
+        self._damaged: set[tuple[str, str]] = set()
 
     def read(self, seconds: float) -> None:
         """Count one sample delivered with ``seconds`` of audio."""
@@ -45,6 +49,10 @@ class SkipCounter:
         """Count one skipped sample; warn the first time its shard and key skip for ``reason``."""
         if reason not in SKIP_REASONS:
             raise ValueError(f"unknown skip reason {reason!r}")
+        if reason in SHARD_REASONS:
+            if (reason, shard) in self._damaged:
+                return
+            self._damaged.add((reason, shard))
         self.skipped[reason] += 1
         if (reason, shard, key) in self._named:
             return

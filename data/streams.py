@@ -43,15 +43,22 @@ def decoded_samples(
     rng: np.random.Generator,
     skips: SkipCounter,
     keep: Callable[[int], bool] = lambda index: True,
+    reports: Callable[[str], bool] = lambda shard: True,
 ) -> Iterator[dict]:
     """Read and decode the samples of ``shards``; bad ones are counted in ``skips`` and dropped.
 
     ``keep(i)`` selects by the running position of the raw sample, before decoding.
+    ``reports(shard)`` says whether this reader counts the shard's own problems (damage, unsafe
+    keys), which every reader of the shard meets: readers sharing shards pick one each.
     """
     position = 0
     wanted = wanted_members(spec)
     for shard in shards:
-        on_error = lambda reason, key, err, shard=shard: skips.skip(reason, shard, key, str(err))  # noqa: E731
+
+        def on_error(reason: str, key: str | None, err: Exception, shard: str = shard) -> None:
+            if reports(shard):
+                skips.skip(reason, shard, key, str(err))
+
         for raw in iter_tar_samples(shard, on_error, wanted):
             index, position = position, position + 1
             if not keep(index):
@@ -136,10 +143,17 @@ class TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         reader, readers = _reader_index(self.rank, self.world_size)
-        mine = self.shards[reader::readers] if len(self.shards) >= readers else self.shards
+        owned = self.shards[reader::readers]
+        mine = owned if len(self.shards) >= readers else self.shards
         rng = random.Random(f"{self.seed}-{reader}")
         np_rng = np.random.default_rng([self.seed, reader])
-        samples = decoded_samples(self._endless_shards(mine, rng), self.spec, np_rng, self.skips)
+        samples = decoded_samples(
+            self._endless_shards(mine, rng),
+            self.spec,
+            np_rng,
+            self.skips,
+            reports=set(owned).__contains__,
+        )
         if self.shuffle_buffer > 1:
             samples = wds.shuffle(
                 self.shuffle_buffer, initial=min(self.shuffle_buffer, 32), rng=rng
@@ -169,7 +183,12 @@ class EvalStream(IterableDataset):
             0
         )  # only used by crop="random", which evaluation should not use
         samples = decoded_samples(
-            self.shards, self.spec, rng, self.skips, keep=lambda i: i % readers == reader
+            self.shards,
+            self.spec,
+            rng,
+            self.skips,
+            keep=lambda i: i % readers == reader,
+            reports=set(self.shards[reader::readers]).__contains__,
         )
         yield from batched(samples, self.batch_size, drop_last=False)
 

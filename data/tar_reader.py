@@ -13,7 +13,6 @@ from __future__ import annotations
 import posixpath
 import tarfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 RawSample = dict[str, bytes | str]
 
@@ -65,19 +64,20 @@ def iter_tar_samples(
 
     Members of one sample must be consecutive (as WebDataset writes them). Only members whose
     extension passes ``wanted`` are read (the others are skipped by seeking). A shard that cannot
-    be opened or ends early (truncated download, disk error) calls ``on_error(reason, key, err)``
-    with reason ``unreadable_shard`` or ``truncated_tar``; the samples read before the damage
-    are still yielded, the partial one is dropped.
+    be opened (missing, a folder, no permission) calls ``on_error("unreadable_shard", None, err)``,
+    a file that is not an uncompressed tar ``on_error("not_a_tar", None, err)``, and a tar that
+    ends early (truncated download, disk error) ``on_error("truncated_tar", key, err)``; the
+    samples read before the damage are still yielded, the partial one is dropped.
     """
     key: str | None = None
     sample: RawSample = {}
     try:
         tar = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed in the finally block
-    except FileNotFoundError as err:
-        on_error("unreadable_shard", None, err)
+    except tarfile.TarError as err:
+        on_error("not_a_tar", None, err)
         return
-    except (tarfile.TarError, OSError) as err:
-        on_error("truncated_tar" if Path(path).exists() else "unreadable_shard", None, err)
+    except OSError as err:
+        on_error("unreadable_shard", None, err)
         return
     try:
         while (member := tar.next()) is not None:

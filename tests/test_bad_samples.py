@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
+import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import soundfile as sf
 from data.decode import SampleSpec
 from data.shards import ShardWriter
 from data.skips import WARN_LIMIT, SkipCounter
-from data.streams import EvalStream
+from data.streams import EvalStream, TrainStream
 from tests.fixtures.toy_shards import RATE, toy_sample
 
 SPEC = SampleSpec(RATE, 1, 1.0, ("audio", "stems", "notes", "caption"), "start")
@@ -133,3 +136,57 @@ def test_repeated_skips_are_counted_but_named_once(caplog: pytest.LogCaptureFixt
     assert sum("key quiet (silent)" in m for m in messages) == 1
     assert sum("(too_short)" in m and "key" in m for m in messages) == WARN_LIMIT
     assert sum("no longer named" in m for m in messages) == 1
+
+
+def test_a_file_that_is_not_a_tar_has_its_own_reason(bad_dataset: Path, tmp_path: Path) -> None:
+    (tmp_path / "text-000000.tar").write_text("this is a text file, not a tar\n" * 40)
+    shards = [str(tmp_path / "text-000000.tar"), str(tmp_path), str(bad_dataset / "cut-000000.tar")]
+    stream = EvalStream(shards, SPEC, batch_size=8)
+    assert [k for batch in stream for k in batch["key"]][0] == "s00-good"
+    assert stream.skips.skipped["not_a_tar"] == 1
+    assert stream.skips.skipped["unreadable_shard"] == 1  # a folder
+    assert stream.skips.skipped["truncated_tar"] == 1
+
+
+def shards_with_every_problem(bad_dataset: Path, tmp_path: Path) -> list[str]:
+    (tmp_path / "text-000000.tar").write_text("not a tar\n" * 100)
+    members, _ = toy_sample(0)
+    with tarfile.open(tmp_path / "unsafe-000000.tar", "w") as tar:
+        for name in ("../evil", "fine"):
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{name}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    names = ["nope-000000.tar", "valid-000000.tar", "cut-000000.tar"]
+    return [str(bad_dataset / n) for n in names] + [
+        str(tmp_path / "text-000000.tar"),
+        str(tmp_path / "unsafe-000000.tar"),
+    ]
+
+
+def test_readers_together_count_each_skip_once(bad_dataset: Path, tmp_path: Path) -> None:
+    shards = shards_with_every_problem(bad_dataset, tmp_path)
+    alone = EvalStream(shards, SPEC, batch_size=4)
+    keys = [k for batch in alone for k in batch["key"]]
+    shard_level = ("unreadable_shard", "not_a_tar", "truncated_tar", "unsafe_key")
+    assert [alone.skips.skipped[reason] for reason in shard_level] == [1, 1, 1, 1]
+    assert alone.skips.skipped["missing_member"] == 2  # in valid-000000.tar and before the cut
+    total: Counter[str] = Counter()
+    shared: list[str] = []
+    for rank in range(3):
+        reader = EvalStream(shards, SPEC, batch_size=4, rank=rank, world_size=3)
+        shared += [k for batch in reader for k in batch["key"]]
+        total += reader.skips.skipped
+    assert total == alone.skips.skipped
+    assert sorted(shared) == sorted(keys) and "fine" in keys
+
+
+def test_training_readers_count_a_damaged_shard_once(bad_dataset: Path, tmp_path: Path) -> None:
+    shards = [str(tmp_path / "text-000000.tar"), str(bad_dataset / "valid-000000.tar")]
+    (tmp_path / "text-000000.tar").write_text("not a tar\n" * 100)
+    total: Counter[str] = Counter()
+    for rank in range(3):  # more readers than shards: every reader reads both, again and again
+        stream = TrainStream(shards, SPEC, 2, shuffle_buffer=1, rank=rank, world_size=3)
+        list(itertools.islice(iter(stream), 6))  # 12 crops of 3 good samples: four passes
+        total["not_a_tar"] += stream.skips.skipped["not_a_tar"]
+    assert total["not_a_tar"] == 1
