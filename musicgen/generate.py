@@ -6,7 +6,10 @@
 ``PATH`` is a ``train.py`` checkpoint of ``solver=musicgen`` or ``solver=musicgen_melody`` (its
 EMA weights when it has them). The melody is resampled to the model's rate, cropped or repeated
 to ``--duration``, and goes through the model's stemmer; a model trained with the ``oracle``
-stemmer (the dataset's own stems) takes the file as the already-separated melody.
+stemmer (the dataset's own stems) takes the file as the already-separated melody. Folders of
+pretrained parts the checkpoint names inside the training's ``paths.weights_dir`` are looked up
+in ``--weights-dir`` (default ``MUSICGEN_WEIGHTS`` or ``./weights``); ``--text-encoder``,
+``--stemmer`` and ``--demucs-repo`` replace them.
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ def generate(
     seed: int = 0,
     device: str = "cpu",
     extend_stride: float | None = None,
+    local: dict | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Write ``out`` (16-bit WAV at the model's rate); returns its audio ``(C, T)`` and rate."""
-    model = MusicGen.from_checkpoint(checkpoint, device)
+    """Write ``out`` (16-bit WAV at the model's rate); returns its audio ``(C, T)`` and rate.
+    ``local``: this machine's folders for the pretrained parts (``weights_dir``, ``text_dir``,
+    ``stemmer``, ``demucs_repo``: see :meth:`MusicGen.from_checkpoint`)."""
+    model = MusicGen.from_checkpoint(checkpoint, device, **(local or {}))
     wav = stems = None
     if melody is not None:
         wav = read_audio(melody, model.sample_rate, model.channels)[None]
@@ -85,7 +91,24 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="beyond the training segment, windows advance by this many seconds (default: half)",
     )
+    parser.add_argument(
+        "--weights-dir",
+        default=None,
+        help="folder of pretrained weights the checkpoint's ${paths.weights_dir} references "
+        "point into (default: MUSICGEN_WEIGHTS or ./weights)",
+    )
+    parser.add_argument("--text-encoder", default=None, help="text encoder folder to use instead")
+    parser.add_argument(
+        "--stemmer", choices=("demucs", "oracle", "none"), default=None, help="melody stemmer"
+    )
+    parser.add_argument("--demucs-repo", default=None, help="local Demucs folder to use instead")
     args = parser.parse_args(argv)
+    local = {
+        "weights_dir": args.weights_dir,
+        "text_dir": args.text_encoder,
+        "stemmer": args.stemmer,
+        "demucs_repo": args.demucs_repo,
+    }
     try:
         audio, rate = generate(
             args.checkpoint,
@@ -100,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             args.device,
             args.extend_stride,
+            local,
         )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -25,6 +25,7 @@ from musicgen.conditioners.stemmers import STEMS, build_stemmer
 from musicgen.conditioners.text import TextConditioner
 from musicgen.errors import UserError
 from musicgen.lm import LMConfig, MusicLM
+from musicgen.paths import default_folders, resolve_references
 
 SOLVER_PREFIX = "model."  # parameter prefix of the model inside solvers.musicgen.MusicGenSolver
 EMA_PREFIX = "ema."  # the solver's EMA shadows: "ema.<name with / for .>"
@@ -335,22 +336,37 @@ class MusicGen(nn.Module):
         )
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", ema: bool = True) -> MusicGen:
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        ema: bool = True,
+        weights_dir: str | Path | None = None,
+        text_dir: str | Path | None = None,
+        stemmer: str | None = None,
+        demucs_repo: str | Path | None = None,
+    ) -> MusicGen:
         """Rebuild the model of a ``train.py`` checkpoint of ``solver=musicgen``/``musicgen_melody``
-        (read with ``weights_only=True``), with its EMA weights when it has them and ``ema``."""
+        (read with ``weights_only=True``), with its EMA weights when it has them and ``ema``.
+
+        The pretrained parts it names resolve on this machine: ``${paths.weights_dir}`` references
+        in the checkpoint point into ``weights_dir`` (default ``MUSICGEN_WEIGHTS`` or ``./weights``);
+        ``text_dir`` (a text encoder folder), ``stemmer`` (demucs, oracle, none) and
+        ``demucs_repo`` (a local Demucs folder) replace what the checkpoint says."""
         fix = "pass <run dir>/checkpoints/last.ckpt of train.py solver=musicgen"
         state = load_lightning_checkpoint(path, fix=fix)
         check_solver(state, path, ("musicgen", "musicgen_melody"))
         try:
             hparams, weights = state["hyper_parameters"], state["state_dict"]
             codec = CompressionModel(CodecConfig.from_dict(hparams["codec"]))
-            model = cls.build(
-                codec,
-                hparams["lm"],
-                hparams.get("text"),
-                hparams.get("melody"),
-                hparams.get("segment_seconds"),
+            text, melody = local_conditions(
+                resolve_references(hparams.get("text"), default_folders(weights_dir=weights_dir)),
+                resolve_references(hparams.get("melody"), default_folders(weights_dir=weights_dir)),
+                text_dir,
+                stemmer,
+                demucs_repo,
             )
+            model = cls.build(codec, hparams["lm"], text, melody, hparams.get("segment_seconds"))
         except (KeyError, TypeError) as err:
             raise UserError(
                 f"{path} is not a checkpoint of train.py solver=musicgen (missing {err}): {fix}"
@@ -372,3 +388,21 @@ class MusicGen(nn.Module):
                 f"({first_line(err)}): {fix}"
             ) from None
         return model.to(device).eval()
+
+
+def local_conditions(
+    text: dict | None,
+    melody: dict | None,
+    text_dir: str | Path | None,
+    stemmer: str | None,
+    demucs_repo: str | Path | None,
+) -> tuple[dict | None, dict | None]:
+    """A checkpoint's text and melody settings with this machine's folders given on top."""
+    if text is not None and text_dir is not None:
+        text = {**text, "local_dir": str(text_dir)}
+    if melody is not None and (stemmer or demucs_repo):
+        stemmers = dict(melody.get("stemmers") or {})
+        if demucs_repo is not None:
+            stemmers["demucs"] = {**stemmers.get("demucs", {}), "repo": str(demucs_repo)}
+        melody = {**melody, "stemmers": stemmers, "stemmer": stemmer or melody.get("stemmer")}
+    return text, melody

@@ -26,8 +26,9 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_train_resume_evaluate_and_generate(toy_dataset: Path, tmp_path: Path) -> None:
-    codec = write_tiny_codec(tmp_path / "codec")
-    text = write_tiny_text_encoder(tmp_path / "text")
+    machine = tmp_path / "machine-a"
+    codec = write_tiny_codec(machine / "weights" / "codec")
+    text = write_tiny_text_encoder(machine / "weights" / "text")
     preset = [
         "experiment=musicgen_melody_tiny",
         f"dataset.root={toy_dataset}",
@@ -42,7 +43,8 @@ def test_train_resume_evaluate_and_generate(toy_dataset: Path, tmp_path: Path) -
         "solver.module.samples.duration=0.5",
         "loader.batch_size=2",
         "loader.num_workers=0",
-        f"paths.runs_dir={tmp_path / 'runs'}",
+        f"paths.runs_dir={machine / 'runs'}",
+        f"paths.weights_dir={machine / 'weights'}",
     ]
     train = [
         *preset,
@@ -51,24 +53,31 @@ def test_train_resume_evaluate_and_generate(toy_dataset: Path, tmp_path: Path) -
         "loader.train_batches_per_epoch=2",
     ]
     run("train.py", *train, "trainer.max_steps=2")
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = (machine / "runs").iterdir()
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == 2
     result = run("train.py", *train, "trainer.max_steps=4")
     assert "resuming from" in result.stdout + result.stderr
     assert torch.load(ckpt, weights_only=True)["global_step"] == 4
 
-    shutil.rmtree(codec)  # the LM checkpoint holds the codec: evaluation and generation need no file
+    # Portable: no path of the training machine inside; moved elsewhere (the codec file gone:
+    # the LM checkpoint holds it), the run evaluates and generates from the new folders.
+    assert str(machine) not in repr(torch.load(ckpt, weights_only=True))
+    moved = tmp_path / "machine-b"
+    shutil.move(machine, moved)
+    shutil.rmtree(moved / "weights" / "codec")
+    ckpt = moved / "runs" / run_dir.name / "checkpoints" / "last.ckpt"
     run(
         "evaluate.py",
         "solver=musicgen_melody",  # the checkpoint brings its preset (no experiment=)
         f"dataset.root={toy_dataset}",
-        f"paths.runs_dir={tmp_path / 'runs'}",
+        f"paths.runs_dir={moved / 'runs'}",
+        f"paths.weights_dir={moved / 'weights'}",
         f"checkpoint={ckpt}",
         "loader.batch_size=2",
         "loader.num_workers=0",
     )
-    (eval_dir,) = (tmp_path / "runs" / "eval").iterdir()
+    (eval_dir,) = (moved / "runs" / "eval").iterdir()
     table = json.loads((eval_dir / "musicgen_table1.json").read_text())
     ours = [row for row in table["rows"] if row["system"].startswith("ours")]
     assert [row["system"] for row in ours] == [
@@ -79,6 +88,7 @@ def test_train_resume_evaluate_and_generate(toy_dataset: Path, tmp_path: Path) -
 
     out = tmp_path / "sample.wav"
     run("-m", "musicgen.generate", "--checkpoint", str(ckpt), "--text", "toy piece",
-        "--duration", "3.0", "--top-k", "5", "--out", str(out))  # fmt: skip
+        "--duration", "3.0", "--top-k", "5", "--out", str(out),
+        "--weights-dir", str(moved / "weights"))  # fmt: skip
     audio, rate = sf.read(out)
     assert rate == 16000 and len(audio) == 3 * 16000  # beyond the 2 s segment: windowed
