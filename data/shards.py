@@ -15,6 +15,7 @@ written with fixed ownership and timestamps so the same content gives the same b
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -25,6 +26,8 @@ from pathlib import Path
 
 SPLITS = ("train", "valid", "test")
 STEMS = ("drums", "bass", "other", "vocals")
+DEFAULT_SHARD_MB = 100.0
+DEFAULT_MIN_SHARDS = 8
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -56,6 +59,44 @@ def read_index(out_dir: str | Path, split: str | None = None) -> dict:
     return index["splits"][split]
 
 
+def add_sharding_arguments(
+    parser: argparse.ArgumentParser, shard_mb: float = DEFAULT_SHARD_MB
+) -> None:
+    """``--shard-mb`` and ``--min-shards``, the options of :class:`ShardWriter` every preparer takes."""
+    parser.add_argument(
+        "--shard-mb",
+        type=_positive_float,
+        default=shard_mb,
+        help="finish a shard at about this many MB (default %(default)s)",
+    )
+    parser.add_argument(
+        "--min-shards",
+        type=_positive_int,
+        default=DEFAULT_MIN_SHARDS,
+        help="at least this many shards per split when it has as many samples, so that ranks x "
+        "loader workers each read their own (default %(default)s)",
+    )
+
+
+def sharding(args: argparse.Namespace) -> dict:
+    """The :class:`ShardWriter` options given on a preparer's command line."""
+    return {"max_bytes": round(args.shard_mb * 2**20), "min_shards": args.min_shards}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file through a temporary file and a rename, so it is never half-written."""
     tmp = path.with_name(path.name + ".tmp")
@@ -68,30 +109,36 @@ class _ShardInfo:
     name: str
     samples: int = 0
     seconds: float = 0.0
+    bytes: int = 0
 
 
 @dataclass
 class ShardWriter:
     """Writes samples of one split into ``<out_dir>/<split>-NNNNNN.tar`` shards.
 
-    A new shard starts after ``max_samples`` samples or ``max_bytes`` bytes. ``close()`` (or
-    leaving the ``with`` block) records the split in ``index.json`` (shards, sample counts and
-    total audio duration), keeping the entries of the other splits.
+    Samples go round-robin to ``min_shards`` open shards, so a split of at least that many
+    samples has at least that many shards (every reader of a cluster gets its own); a shard is
+    finished and replaced after ``max_samples`` samples or ``max_bytes`` bytes. ``close()`` (or
+    leaving the ``with`` block) records the split in ``index.json`` (shards, sample counts, total
+    audio duration and the sharding settings), keeping the entries of the other splits.
     """
 
     out_dir: Path
     split: str
     max_samples: int = 64
     max_bytes: int = 256 * 1024 * 1024
+    min_shards: int = 1
     extra_index: dict = field(default_factory=dict)
     _shards: list[_ShardInfo] = field(default_factory=list, init=False)
-    _tar: tarfile.TarFile | None = field(default=None, init=False)
-    _bytes: int = field(default=0, init=False)
+    _open: list[tuple[tarfile.TarFile, _ShardInfo] | None] = field(default_factory=list, init=False)
     _keys: set = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
+        if self.min_shards < 1 or self.max_samples < 1 or self.max_bytes < 1:
+            raise ValueError("min_shards, max_samples and max_bytes must be at least 1")
         self.out_dir = Path(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._open = [None] * self.min_shards
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -99,51 +146,59 @@ class ShardWriter:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _open_next(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-        name = f"{self.split}-{len(self._shards):06d}.tar"
-        self._tar = tarfile.open(self.out_dir / name, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
-        self._shards.append(_ShardInfo(name))
-        self._bytes = 0
+    def _shard_for(self, size: int) -> tuple[tarfile.TarFile, _ShardInfo]:
+        """The open shard of the next sample's slot, replaced by a new one when it is full."""
+        slot = len(self._keys) % self.min_shards
+        current = self._open[slot]
+        if current is not None:
+            info = current[1]
+            full = info.samples >= self.max_samples or (
+                info.samples > 0 and info.bytes + size > self.max_bytes
+            )
+            if not full:
+                return current
+            current[0].close()
+        info = _ShardInfo(f"{self.split}-{len(self._shards):06d}.tar")
+        tar = tarfile.open(self.out_dir / info.name, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        self._shards.append(info)
+        self._open[slot] = (tar, info)
+        return tar, info
 
     def write(self, key: str, members: dict[str, bytes], seconds: float) -> None:
         """Add one sample: ``members`` maps an extension (``flac``, ``bass.flac``, ``json``) to bytes."""
         check_key(key)
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r} in split {self.split}")
+        tar, info = self._shard_for(sum(len(v) for v in members.values()))
         self._keys.add(key)
-        size = sum(len(v) for v in members.values())
-        current = self._shards[-1] if self._shards else None
-        if (
-            current is None
-            or current.samples >= self.max_samples
-            or (current.samples > 0 and self._bytes + size > self.max_bytes)
-        ):
-            self._open_next()
-        assert self._tar is not None
         for ext in sorted(members):
             data = members[ext]
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o644
-            info.uname = info.gname = "musicgen"
-            self._tar.addfile(info, io.BytesIO(data))
-        self._bytes += size
-        self._shards[-1].samples += 1
-        self._shards[-1].seconds += seconds
+            member = tarfile.TarInfo(f"{key}.{ext}")
+            member.size = len(data)
+            member.mtime = 0
+            member.mode = 0o644
+            member.uname = member.gname = "musicgen"
+            tar.addfile(member, io.BytesIO(data))
+            info.bytes += len(data)
+        info.samples += 1
+        info.seconds += seconds
 
     def close(self) -> dict:
         """Finish the last shard and write the index; returns the index contents."""
-        if self._tar is not None:
-            self._tar.close()
-            self._tar = None
+        for current in self._open:
+            if current is not None:
+                current[0].close()
+        self._open = [None] * self.min_shards
         entry = {
             "shards": [s.name for s in self._shards],
             "samples_per_shard": [s.samples for s in self._shards],
             "num_samples": sum(s.samples for s in self._shards),
             "total_seconds": round(sum(s.seconds for s in self._shards), 3),
+            "sharding": {
+                "min_shards": self.min_shards,
+                "max_samples": self.max_samples,
+                "max_mb": round(self.max_bytes / 2**20, 3),
+            },
         }
         path = index_path(self.out_dir)
         index = json.loads(path.read_text()) if path.exists() else {}

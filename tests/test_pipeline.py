@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from data.decode import SampleSpec, decode_sample
 from data.shardlist import split_shards
+from data.shards import ShardWriter, read_index
 from data.streams import EpochLoader, EvalStream, TrainStream
 from data.tar_reader import iter_tar_samples
 from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, TIED_END, TIED_START
@@ -161,3 +162,26 @@ def test_train_stream_fails_clearly_when_nothing_is_usable(tmp_path: Path) -> No
     stream = TrainStream([str(path)], SampleSpec(RATE, 1, 0.5), 1)
     with pytest.raises(RuntimeError, match="no usable sample"):
         next(iter(stream))
+
+
+def test_shard_writer_spreads_samples_over_min_shards_and_caps_their_size(tmp_path: Path) -> None:
+    """Round-robin over ``min_shards`` open shards; a full shard (by samples or bytes) is
+    replaced by a new one; a sample bigger than the cap still gets a shard of its own."""
+    with ShardWriter(tmp_path, "train", max_samples=3, max_bytes=250, min_shards=4) as writer:
+        for i in range(20):
+            writer.write(f"k{i:02d}", {"bin": bytes(100 if i != 5 else 400)}, 1.0)
+    entry = read_index(tmp_path, "train")
+    assert entry["num_samples"] == 20 and sum(entry["samples_per_shard"]) == 20
+    assert len(entry["shards"]) >= 4 and max(entry["samples_per_shard"]) <= 3
+    for name in entry["shards"]:
+        with tarfile.open(tmp_path / name) as tar:
+            members = tar.getmembers()
+        assert members and (len(members) == 1 or sum(m.size for m in members) <= 250)
+    first_four = [read_keys(tmp_path / name)[0] for name in entry["shards"][:4]]
+    assert first_four == ["k00", "k01", "k02", "k03"]
+    assert entry["sharding"] == {"min_shards": 4, "max_samples": 3, "max_mb": round(250 / 2**20, 3)}
+
+
+def read_keys(shard: Path) -> list[str]:
+    with tarfile.open(shard) as tar:
+        return [m.name.split(".")[0] for m in tar.getmembers()]

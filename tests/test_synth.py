@@ -89,8 +89,16 @@ def test_no_piece_in_two_splits_across_builds(samples: dict, tmp_path: Path) -> 
 
 
 def test_shards_keys_and_members(tiny: Path, samples: dict) -> None:
-    names = sorted(p.name for p in tiny.iterdir())
-    assert names == ["index.json", "test-000000.tar", "train-000000.tar", "valid-000000.tar"]
+    index = json.loads((tiny / "index.json").read_text())
+    shards = []
+    for split in SPLITS:  # round-robin into at least 8 shards (fewer samples: one shard each)
+        entry = index["splits"][split]
+        count = min(8, entry["num_samples"])
+        assert entry["shards"] == [f"{split}-{i:06d}.tar" for i in range(count)]
+        assert sum(entry["samples_per_shard"]) == entry["num_samples"]
+        assert max(entry["samples_per_shard"]) - min(entry["samples_per_shard"]) <= 1
+        shards += entry["shards"]
+    assert sorted(p.name for p in tiny.iterdir()) == sorted(["index.json", *shards])
     assert {s["split"] for s in samples.values()} == set(SPLITS)
     for key, sample in samples.items():
         assert check_key(key) == key and "." not in key

@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from data.prepare import PREPARERS
+from data.shards import add_sharding_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     for name, module_name in PREPARERS.items():
         module = importlib.import_module(module_name)
-        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
+        preparer = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(preparer)
+        add_sharding_arguments(preparer)
     return parser
 
 

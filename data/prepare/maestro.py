@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from data.prepare.midi import midi_bytes, read_midi, sustained_tracks
-from data.shards import ShardWriter, check_key
+from data.shards import ShardWriter, check_key, sharding
 from musicgen.audio import convert_audio
 
 HELP = "MAESTRO v3: shard a local copy (official splits, FLAC audio, sustain-pedal notes)."
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
     rows = read_rows(root)
     written, skipped = Counter(), Counter()
     for source, split in SPLITS.items():
-        with ShardWriter(args.out, split, max_samples=args.max_samples) as writer:
+        with ShardWriter(args.out, split, max_samples=args.max_samples, **sharding(args)) as writer:
             for row in tqdm(
                 [r for r in rows if r["split"] == source], desc=f"maestro {split}", unit="piece"
             ):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data.prepare.report import PrepareReport
-from data.shards import ShardWriter, check_key
+from data.shards import ShardWriter, check_key, sharding
 
 HELP = "MTG-Jamendo: shard a local copy (official splits, original MP3s, captions from tags)."
 
@@ -367,7 +367,7 @@ def run(args: argparse.Namespace) -> dict:
     for split, tracks in splits.items():
         with (
             logging_redirect_tqdm(),
-            ShardWriter(args.out, split, max_samples=args.max_samples) as writer,
+            ShardWriter(args.out, split, max_samples=args.max_samples, **sharding(args)) as writer,
         ):
             for track in tqdm(tracks, desc=f"mtg {split}", unit="track"):
                 if args.max_tracks is not None and report.written[split] >= args.max_tracks:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data.prepare.report import PrepareReport
-from data.shards import ShardWriter, check_key
+from data.shards import ShardWriter, check_key, sharding
 
 HELP = "MusicCaps: shard the caption CSV and a local folder of its clips (test split by default)."
 log = logging.getLogger(__name__)
@@ -251,7 +251,9 @@ def run(args: argparse.Namespace) -> dict:
             meta = row | audio | {"audio_path": path.relative_to(audio_dir).as_posix()}
             split = split_of(row, args.layout)
             if split not in writers:
-                writers[split] = ShardWriter(args.out, split, max_samples=args.max_samples)
+                writers[split] = ShardWriter(
+                    args.out, split, max_samples=args.max_samples, **sharding(args)
+                )
             writers[split].write(
                 key,
                 {ext: data, "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()},

@@ -39,7 +39,7 @@ import yaml
 from tqdm import tqdm
 
 from data.prepare.midi import midi_bytes, read_midi, sustained_tracks
-from data.shards import STEMS, ShardWriter, check_key
+from data.shards import STEMS, ShardWriter, check_key, sharding
 from musicgen.notes import IS_DRUM, PROGRAM
 
 HELP = "Slakh2100: shard a local copy (official splits, mix audio, per-stem notes with programs)."
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> dict:
         )
     written, skipped = Counter(), Counter()
     for source, split in SPLITS.items():
-        with ShardWriter(args.out, split, max_samples=args.max_samples) as writer:
+        with ShardWriter(args.out, split, max_samples=args.max_samples, **sharding(args)) as writer:
             for track in tqdm(
                 sorted(p for p in (root / source).iterdir() if p.is_dir()),
                 desc=f"slakh {split}",

@@ -58,7 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    index = build_synth(args.out, args.minutes, args.seed, args.sample_rate, args.workers)
+    index = build_synth(
+        args.out,
+        args.minutes,
+        args.seed,
+        args.sample_rate,
+        args.workers,
+        args.shard_mb,
+        args.min_shards,
+    )
     splits = index["splits"]
     total = sum(s["total_seconds"] for s in splits.values()) / 60
     counts = ", ".join(f"{name} {splits[name]['num_samples']}" for name in SPLITS if name in splits)

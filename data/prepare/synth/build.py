@@ -23,7 +23,14 @@ from tqdm import tqdm
 from data.prepare.synth.corpus import STYLES, Piece, pools
 from data.prepare.synth.example import Example, ExampleSpec, init_worker, make_example
 from data.prepare.synth.render import find_soundfont, load_fluidsynth
-from data.shards import SPLITS, STEMS, ShardWriter, read_index
+from data.shards import (
+    DEFAULT_MIN_SHARDS,
+    DEFAULT_SHARD_MB,
+    SPLITS,
+    STEMS,
+    ShardWriter,
+    read_index,
+)
 
 DEFAULT_MINUTES = 30.0
 DEFAULT_SEED = 0
@@ -122,8 +129,12 @@ def build_synth(
     seed: int = DEFAULT_SEED,
     sample_rate: int = DEFAULT_SAMPLE_RATE,
     workers: int | None = None,
+    shard_mb: float = DEFAULT_SHARD_MB,
+    min_shards: int = DEFAULT_MIN_SHARDS,
 ) -> dict:
     """Render about ``minutes`` of examples into shards under ``out_dir``; returns ``index.json``.
+    Each split goes into at least ``min_shards`` shards (when it has that many examples) of at
+    most about ``shard_mb`` MB.
 
     Shards and the index of an earlier build in ``out_dir`` are replaced.
     """
@@ -139,7 +150,8 @@ def build_synth(
         "stems": list(STEMS),
         "build": {"minutes": minutes, "seed": seed, "soundfont": find_soundfont().name},
     }
-    writers = {split: ShardWriter(staging, split, extra_index=info) for split in SPLITS}
+    sharding = {"max_bytes": round(shard_mb * 2**20), "min_shards": min_shards}
+    writers = {split: ShardWriter(staging, split, extra_index=info, **sharding) for split in SPLITS}
     for example in render_examples(seed, minutes * 60.0, workers, sample_rate):
         writers[example.split].write(example.key, example.members, example.seconds)
     for writer in writers.values():
