@@ -52,8 +52,14 @@ def progress_bar(seconds: float, desc: str) -> tqdm:
     )
 
 
-def read_audio(path: str | Path, model: CompressionModel) -> torch.Tensor:
-    """``(channels, T)`` float32 audio of ``path`` at the codec's rate and channel count."""
+def read_audio(path: str | Path, sample_rate: int, channels: int) -> torch.Tensor:
+    """``(channels, T)`` float32 audio of ``path`` at ``sample_rate``.
+
+    Mono input is duplicated and stereo mixed down to fit ``channels`` (with a note on stderr);
+    other channel counts, a missing, unreadable or empty file and NaN/Inf samples are UserErrors.
+    """
+    if not Path(path).is_file():
+        raise UserError(f"audio file {path} does not exist: pass the path of a recording")
     try:
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
@@ -66,37 +72,27 @@ def read_audio(path: str | Path, model: CompressionModel) -> torch.Tensor:
         raise UserError(
             f"audio file {path} holds NaN or infinite samples: replace them (e.g. by 0) and compress again"
         )
-    channels = _check_channels(path, audio.shape[1], model)
-    if channels != model.channels:
-        how = "duplicated" if channels == 1 else "mixed down"
-        print(
-            f"note: {path} has {channels} channel(s), the codec {model.channels}: {how}",
-            file=sys.stderr,
+    found = audio.shape[1]
+    if found != channels and not (found == 1 or (found == 2 and channels == 1)):
+        raise UserError(
+            f"audio file {path} has {found} channels, this model takes {channels} (or mono"
+            f"{', or stereo mixed down' if channels == 1 else ''}): mix it down first "
+            f"(e.g. ffmpeg -i {path} -ac {channels} out.wav)"
         )
-    return convert_audio(torch.from_numpy(audio.T.copy()), rate, model.sample_rate, model.channels)
-
-
-def _check_channels(path: str | Path, channels: int, model: CompressionModel) -> int:
-    """``channels`` when the codec can take it (its own count, mono, or stereo into mono)."""
-    if channels in (model.channels, 1) or (channels == 2 and model.channels == 1):
-        return channels
-    raise UserError(
-        f"audio file {path} has {channels} channels; the {model.config.name} codec takes "
-        f"{model.channels} (or mono{', or stereo mixed down' if model.channels == 1 else ''}): "
-        f"mix it down first (e.g. ffmpeg -i {path} -ac {model.channels} out.wav)"
-    )
+    if found != channels:
+        how = "duplicated" if found == 1 else "mixed down"
+        print(f"note: {path} has {found} channel(s), the model {channels}: {how}", file=sys.stderr)
+    return convert_audio(torch.from_numpy(audio).T, rate, sample_rate, channels)
 
 
 def compress(
     source: str | Path, target: str | Path, checkpoint: str | Path, bandwidth: float | None = None
 ) -> dict:
     """Encode ``source`` into the ``.ecdc`` file ``target``; returns the header written."""
-    if not Path(source).is_file():
-        raise UserError(f"audio file {source} does not exist: pass the path of a recording")
     check_target(target)
     model = CompressionModel.from_checkpoint(checkpoint)
     n_q = model.num_codebooks if bandwidth is None else model.codebooks_for(bandwidth)
-    wav = read_audio(source, model)
+    wav = read_audio(source, model.sample_rate, model.channels)
     with progress_bar(wav.shape[-1] / model.sample_rate, "compress") as bar:
         encoded = model.compress(wav, n_q, progress=lambda n: bar.update(n / model.sample_rate))
     header = {

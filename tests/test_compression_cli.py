@@ -187,7 +187,7 @@ def _audio_files(tmp_path: Path) -> dict[str, Path]:
     return {
         "does not exist": tmp_path / "missing.wav",
         "has no samples": tmp_path / "empty.wav",
-        "has 6 channels; the custom codec takes 2 (or mono)": tmp_path / "six.wav",
+        "has 6 channels, this model takes 2 (or mono)": tmp_path / "six.wav",
         "holds NaN or infinite samples": tmp_path / "nan.wav",
         "cannot read audio file": tmp_path / "text.wav",
     }
