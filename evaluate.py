@@ -18,6 +18,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from data.datamodule import SkipReport
+from data.skips import skip_note
 from musicgen.checkpoint_io import load_lightning_checkpoint
 from musicgen.errors import UserError
 from musicgen.tables import Table, write_tables
@@ -47,8 +49,12 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     datamodule.check_source()
     solver = instantiate(cfg.solver.module, _convert_="all")
     load_weights(solver, state, path, cfg.solver.name)
+    skips = SkipReport()
     trainer = instantiate(
-        cfg.trainer, logger=False, callbacks=[RichProgressBar()], default_root_dir=cfg.run.dir
+        cfg.trainer,
+        logger=False,
+        callbacks=[RichProgressBar(), skips],
+        default_root_dir=cfg.run.dir,
     )
     loader = datamodule.eval_dataloader(cfg.split)
     metrics = trainer.test(solver, dataloaders=loader)[0]
@@ -65,7 +71,8 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         tables += solver.evaluation_tables()
     if trainer.is_global_zero:
         for table in tables:
-            paths = write_tables(table.rows, cfg.run.dir, table.name, table.title, table.notes)
+            notes = "\n\n".join(filter(None, [table.notes, skip_note(skips.test_skips)]))
+            paths = write_tables(table.rows, cfg.run.dir, table.name, table.title, notes)
             print(paths["md"].read_text())
             log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return rows

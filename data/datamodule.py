@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from data.decode import FIELDS, SampleSpec
 from data.shardlist import split_shards
+from data.skips import SKIP_REASONS, SharedSkips, skip_summary
 from data.streams import EpochLoader, EvalStream, TrainStream
 from musicgen.errors import UserError
 
@@ -144,7 +146,7 @@ class MusicDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
         )
-        return EpochLoader(self._loader(stream), self.train_batches_per_epoch)
+        return EpochLoader(self._loader(stream), self.train_batches_per_epoch, self.name)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """A finite loader over ``split`` with the solver's evaluation crops."""
@@ -163,3 +165,49 @@ class MusicDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
+
+
+def stream_skips(loader: object) -> dict[str, int]:
+    """The skip totals of the stream behind ``loader`` (an :class:`EpochLoader` or a DataLoader
+    over a stream) so far, all its workers together; zeros for any other loader."""
+    shared = getattr(getattr(loader, "dataset", None), "shared", None)
+    return shared.totals() if isinstance(shared, SharedSkips) else dict.fromkeys(SKIP_REASONS, 0)
+
+
+def reduced_skips(trainer: L.Trainer, module: L.LightningModule, loader: object) -> dict[str, int]:
+    """:func:`stream_skips` summed over the ranks (a collective: every rank calls it)."""
+    counts = stream_skips(loader)
+    values = torch.tensor(
+        [counts[r] for r in SKIP_REASONS], dtype=torch.int64, device=module.device
+    )
+    values = trainer.strategy.reduce(values, reduce_op="sum")
+    return dict(zip(SKIP_REASONS, (int(v) for v in values.tolist()), strict=True))
+
+
+class SkipReport(L.Callback):
+    """Skipped samples by reason, summed over loader workers and ranks.
+
+    Training totals are logged as ``data/skipped_<reason>`` (non-zero reasons) and
+    ``data/skipped`` at each epoch end and written to the log (``train.log``) when training ends;
+    the totals of the last test loop are kept in :attr:`test_skips` (evaluate.py's footnotes).
+    """
+
+    def __init__(self) -> None:
+        self.train_skips: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
+        self.test_skips: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.train_skips = reduced_skips(trainer, pl_module, trainer.train_dataloader)
+        metrics = {f"data/skipped_{r}": float(n) for r, n in self.train_skips.items() if n}
+        metrics["data/skipped"] = float(sum(self.train_skips.values()))
+        pl_module.log_dict(metrics, rank_zero_only=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            log.info(
+                "skipped training samples (all loader workers and ranks): %s",
+                skip_summary(self.train_skips),
+            )
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.test_skips = reduced_skips(trainer, pl_module, trainer.test_dataloaders)

@@ -5,12 +5,16 @@ again), and at most :data:`WARN_LIMIT` times per reason and reader; later skips 
 A damaged shard (:data:`SHARD_REASONS`) is counted once per counter, however often a training
 stream passes over it; the streams give each shard's own problems to one reader only
 (:func:`data.streams.decoded_samples`), so the readers' counts add up to each skip once.
+A :class:`SharedSkips` adds the counts of a stream's loader workers up where the main process
+reads them.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections import Counter
+from collections.abc import Mapping
 
 log = logging.getLogger("data")
 
@@ -30,10 +34,44 @@ SKIP_REASONS = (
 WARN_LIMIT = 20
 
 
-class SkipCounter:
-    """Counts read samples, their audio seconds, and skipped samples by reason."""
+class SharedSkips:
+    """Skip counts by reason in shared memory: a stream's loader workers add, any process reads."""
 
     def __init__(self) -> None:
+        self._counts = multiprocessing.Array("q", len(SKIP_REASONS))
+
+    def add(self, reason: str) -> None:
+        """Count one skip for ``reason``."""
+        with self._counts.get_lock():
+            self._counts[SKIP_REASONS.index(reason)] += 1
+
+    def totals(self) -> dict[str, int]:
+        """The counts so far, every reason included."""
+        with self._counts.get_lock():
+            return dict(zip(SKIP_REASONS, self._counts[:], strict=True))
+
+
+def skip_summary(counts: Mapping[str, int]) -> str:
+    """Non-zero counts as ``reason=n, ...`` (or ``none``)."""
+    return ", ".join(f"{r}={n}" for r, n in sorted(counts.items()) if n) or "none"
+
+
+def skip_note(counts: Mapping[str, int]) -> str:
+    """A table footnote on the samples left out of its numbers."""
+    total = sum(counts.values())
+    if not total:
+        return "Skipped samples: none."
+    return (
+        f"Skipped samples (unusable data, not in these numbers): {total} ({skip_summary(counts)})."
+    )
+
+
+class SkipCounter:
+    """Counts read samples, their audio seconds, and skipped samples by reason (also into
+    ``shared`` when given)."""
+
+    def __init__(self, shared: SharedSkips | None = None) -> None:
+        self.shared = shared
         self.samples = 0
         self.seconds = 0.0
         self.skipped: Counter[str] = Counter()
@@ -54,6 +92,8 @@ class SkipCounter:
                 return
             self._damaged.add((reason, shard))
         self.skipped[reason] += 1
+        if self.shared is not None:
+            self.shared.add(reason)
         if (reason, shard, key) in self._named:
             return
         named = sum(1 for r, _, _ in self._named if r == reason)
@@ -67,4 +107,4 @@ class SkipCounter:
 
     def summary(self) -> str:
         """Skip counts as ``reason=n, ...`` (or ``none``)."""
-        return ", ".join(f"{r}={n}" for r, n in sorted(self.skipped.items())) or "none"
+        return skip_summary(self.skipped)

@@ -7,10 +7,17 @@ from the trainer) and the DataLoader worker from ``torch.utils.data.get_worker_i
   there are fewer shards than readers every reader uses all of them), each reader cycles through
   its shards endlessly in a new random order per pass, crops at random, and shuffles samples
   in a buffer. Being endless, the loader is cut into epochs of a fixed number of batches
-  (:class:`EpochLoader`), so every rank runs the same number of steps.
+  (:class:`EpochLoader`), so every rank runs the same number of steps. A reader whose own shards
+  give no usable sample in a whole pass (unreadable, not a tar, every sample bad) reads all the
+  shards instead, like a reader with no shard of its own; only when no shard gives a sample does
+  it yield nothing, and then no reader of any rank has anything either: the epoch loader stops the
+  run with one error naming the dataset.
 * Evaluation: every reader walks all shards in order and keeps the samples whose position ``i``
   satisfies ``i % readers == reader``: each sample is seen exactly once across ranks and
   workers, in a deterministic order.
+
+Each stream counts its skipped samples in a :class:`data.skips.SharedSkips` (``stream.shared``)
+that its loader workers add to, so the main process reads the totals of all of them.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.decode import SampleSpec, SkipSample, decode_sample, wanted_members
-from data.skips import SkipCounter
+from data.skips import SharedSkips, SkipCounter, skip_summary
 from data.tar_reader import iter_tar_samples
+from musicgen.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +135,31 @@ class TrainStream(IterableDataset):
         self.shards, self.spec, self.batch_size = list(shards), spec, batch_size
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
-        self.skips = SkipCounter()
+        self.shared = SharedSkips()
+        self.skips = SkipCounter(self.shared)
 
-    def _endless_shards(self, mine: list[str], rng: random.Random) -> Iterator[str]:
+    def _passes(self, shards: list[str], rng: random.Random) -> Iterator[str]:
+        """``shards`` in a new random order per pass, until a pass gives no usable sample."""
         while True:
             before = self.skips.samples
-            order = list(mine)
+            order = list(shards)
             rng.shuffle(order)
             yield from order
             if self.skips.samples == before:
-                raise RuntimeError(
-                    f"no usable sample in {len(mine)} shard(s) ({mine[0]} ...); "
-                    f"skipped: {self.skips.summary()}"
-                )
+                return
+
+    def _endless_shards(self, mine: list[str], rng: random.Random) -> Iterator[str]:
+        """Passes over ``mine``; when one gives nothing, passes over all shards (see the module
+        docstring)."""
+        yield from self._passes(mine, rng)
+        if mine != self.shards:
+            log.warning(
+                "no usable sample in %d shard(s) (%s ...): this reader reads all %d train shards",
+                len(mine),
+                mine[0],
+                len(self.shards),
+            )
+            yield from self._passes(self.shards, rng)
 
     def __iter__(self) -> Iterator[dict]:
         reader, readers = _reader_index(self.rank, self.world_size)
@@ -175,7 +195,8 @@ class EvalStream(IterableDataset):
         super().__init__()
         self.shards, self.spec, self.batch_size = list(shards), spec, batch_size
         self.rank, self.world_size = rank, world_size
-        self.skips = SkipCounter()
+        self.shared = SharedSkips()
+        self.skips = SkipCounter(self.shared)
 
     def __iter__(self) -> Iterator[dict]:
         reader, readers = _reader_index(self.rank, self.world_size)
@@ -194,17 +215,24 @@ class EvalStream(IterableDataset):
 
 
 class EpochLoader:
-    """Cuts an endless loader into epochs of exactly ``batches_per_epoch`` batches.
+    """Cuts an endless loader of a :class:`TrainStream` into epochs of exactly
+    ``batches_per_epoch`` batches.
 
     The underlying iterator (and its worker processes) lives across epochs, so the stream
-    continues where the previous epoch stopped.
+    continues where the previous epoch stopped. It ends only when no train shard of
+    ``dataset_name`` gives a usable sample: a :class:`UserError` naming the dataset.
     """
 
-    def __init__(self, loader: Iterable[dict], batches_per_epoch: int) -> None:
+    def __init__(self, loader: DataLoader, batches_per_epoch: int, dataset_name: str) -> None:
         if batches_per_epoch < 1:
             raise ValueError(f"batches_per_epoch must be >= 1, got {batches_per_epoch}")
         self.loader, self.batches_per_epoch = loader, batches_per_epoch
+        self.dataset_name = dataset_name
         self._iterator: Iterator[dict] | None = None
+
+    @property
+    def dataset(self) -> TrainStream:
+        return self.loader.dataset
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -213,4 +241,15 @@ class EpochLoader:
         if self._iterator is None:
             self._iterator = iter(self.loader)
         for _ in range(self.batches_per_epoch):
-            yield next(self._iterator)
+            batch = next(self._iterator, None)
+            if batch is None:
+                raise UserError(self._exhausted())
+            yield batch
+
+    def _exhausted(self) -> str:
+        shards = self.dataset.shards
+        return (
+            f"dataset {self.dataset_name} has no usable training sample in its {len(shards)} "
+            f"train shard(s) ({shards[0]} ...; skipped: {skip_summary(self.dataset.shared.totals())}): "
+            "rebuild or replace them (python -m data.inspect names each problem)"
+        )

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-from data.datamodule import MusicDataModule, SolverData
+from data.datamodule import MusicDataModule, SkipReport, SolverData
 from musicgen.errors import UserError
 from solvers.cluster import cluster_value, rank_suffix, rank_zero_only
 from solvers.preemption import AtomicCheckpointIO, LastCheckpoint, cluster_plugins
@@ -125,7 +125,8 @@ def checkpoint_dir(run_dir: Path) -> Path:
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     """``last.ckpt`` (by steps, by wall-clock time, on preemption, at the end: one writer, see
     :class:`solvers.preemption.LastCheckpoint`), the best ``checkpoint.save_top_k`` checkpoints by
-    the solver's monitor when asked, learning-rate logging, the progress bar, and ``cfg.callbacks``
+    the solver's monitor when asked, learning-rate logging, the progress bar, skip totals
+    (:class:`data.datamodule.SkipReport`), and ``cfg.callbacks``
     (a dict of ``_target_`` nodes, e.g. ``+callbacks.ema._target_=...``).
     """
     dirpath = checkpoint_dir(run_dir)
@@ -138,6 +139,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         LearningRateMonitor(logging_interval="step"),
         RichProgressBar(),
         SolverConfigRecorder(cfg),
+        SkipReport(),
     ]
     if cfg.checkpoint.save_top_k > 0:
         callbacks.append(

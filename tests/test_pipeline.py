@@ -17,6 +17,7 @@ from data.shardlist import split_shards
 from data.shards import ShardWriter, read_index
 from data.streams import EpochLoader, EvalStream, TrainStream
 from data.tar_reader import iter_tar_samples
+from musicgen.errors import UserError
 from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, TIED_END, TIED_START
 from tests.fixtures.toy_shards import RATE
 
@@ -136,7 +137,9 @@ def test_training_epochs_have_equal_batch_counts_per_rank(toy_dataset: Path) -> 
             split_shards(toy_dataset, "train"), spec, 3, 4, seed=1, rank=rank, world_size=2
         )
         loader = EpochLoader(
-            DataLoader(stream, batch_size=None, num_workers=2), batches_per_epoch=7
+            DataLoader(stream, batch_size=None, num_workers=2),
+            batches_per_epoch=7,
+            dataset_name="toy",
         )
         epochs = [[b["audio"].shape for b in loader] for _ in range(2)]
         counts.append([len(e) for e in epochs])
@@ -160,8 +163,10 @@ def test_train_stream_fails_clearly_when_nothing_is_usable(tmp_path: Path) -> No
         info = tarfile.TarInfo("a.txt")
         tar.addfile(info)
     stream = TrainStream([str(path)], SampleSpec(RATE, 1, 0.5), 1)
-    with pytest.raises(RuntimeError, match="no usable sample"):
-        next(iter(stream))
+    assert list(stream) == []
+    loader = EpochLoader(DataLoader(stream, batch_size=None), 2, dataset_name="toy")
+    with pytest.raises(UserError, match="dataset toy has no usable training sample"):
+        next(iter(loader))
 
 
 def test_shard_writer_spreads_samples_over_min_shards_and_caps_their_size(tmp_path: Path) -> None:
