@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,13 @@ def check_fields(
         )
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: a worker ignores the stop signals (SIGTERM, SIGUSR1/2,
+    which ``scancel`` sends to every process), so the training loop saves and its parent ends it."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class MusicDataModule(L.LightningDataModule):
     """Streams ``<root>/{train,valid,test}-*.tar`` as batch dicts (see ``data.streams``).
 
@@ -132,6 +140,7 @@ class MusicDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=False,
             prefetch_factor=2 if self.num_workers > 0 else None,
+            worker_init_fn=ignore_stop_signals,
         )
 
     def train_dataloader(self) -> EpochLoader:
