@@ -1,18 +1,20 @@
 """KL divergence between the label distributions of reference and generated audio (MusicGen's KL).
 
 As AudioCraft's ``PasstKLDivergenceMetric``: an AudioSet classifier (PaSST) sees each clip at
-32 kHz mono in ``segment_seconds`` chunks (a short last chunk is dropped when there are several);
-the softmax of its logits, averaged over a chunk, is one label distribution; ``kl_pq`` is
+32 kHz mono in ``segment_seconds`` chunks (chunks of ``min_seconds`` or less are dropped); the
+softmax of its logits, averaged over a chunk, is one label distribution; ``kl_pq`` is
 ``KL(reference || generated)`` summed over classes (``eps`` added to the generated probabilities)
 and averaged over chunks; ``kl_qp`` is the reverse. The table reports ``kl_pq``.
 
 The classifier runs only when its weights are given (``passt-s-f128-p16-s10-ap.476-swa.pt``) and
-``hear21passt`` is installed; otherwise :meth:`KLDivergence.compute` returns ``value=None`` and
+``hear21passt`` is installed (``pip install -e .[eval]``); otherwise :meth:`KLDivergence.compute` returns ``value=None`` and
 the reason, for the table.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from musicgen.errors import UserError
 PASST_FILE = "passt-s-f128-p16-s10-ap.476-swa.pt"
 PASST_URL = "https://github.com/kkoutini/PaSST/releases/download/v0.0.1-audioset/"
 PASST_RATE = 32000
+PASST_ARCH = "passt_s_swa_p16_128_ap476"
 EPS = 1e-6
 
 
@@ -59,10 +62,12 @@ class KLDivergence:
         sample_rate: int = PASST_RATE,
         segment_seconds: float = 10.0,
         note: str = "",
+        min_seconds: float = 0.15,
     ) -> None:
         self.classifier = classifier
         self.sample_rate = sample_rate
         self.segment = round(segment_seconds * sample_rate)
+        self.min_samples = round(min_seconds * sample_rate)
         self.note = note
         self.kl_pq_sum = 0.0
         self.kl_qp_sum = 0.0
@@ -73,12 +78,12 @@ class KLDivergence:
         return self.classifier is not None
 
     @torch.no_grad()
-    def _label_distribution(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        """``(chunks, classes)`` mean softmax per chunk of one ``(C, T)`` clip."""
+    def _label_distribution(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor | None:
+        """``(chunks, classes)`` softmax per chunk of one ``(C, T)`` clip; ``None`` without chunks."""
         mono = convert_audio(wav.float(), sample_rate, self.sample_rate, 1)[0]
-        chunks = list(mono.split(self.segment))
-        if len(chunks) > 1 and chunks[-1].shape[0] < self.segment:
-            chunks = chunks[:-1]
+        chunks = [c for c in mono.split(self.segment) if c.shape[0] > self.min_samples]
+        if not chunks:
+            return None
         return torch.stack([self.classifier(c[None]).softmax(dim=-1).mean(dim=0) for c in chunks])
 
     def update(
@@ -99,11 +104,12 @@ class KLDivergence:
             size = sizes[i] if sizes is not None else min(preds.shape[-1], targets.shape[-1])
             p = self._label_distribution(preds[i, :, :size], sample_rate)
             q = self._label_distribution(targets[i, :, :size], sample_rate)
-            count = min(len(p), len(q))
-            p, q = p[:count].double(), q[:count].double()
+            if p is None or q is None:
+                continue
+            p, q = p.double(), q.double()
             self.kl_pq_sum += float(kl_divergence(p, q).sum())
             self.kl_qp_sum += float(kl_divergence(q, p).sum())
-            self.n += count
+            self.n += len(p)
 
     def compute(self) -> KLResult:
         if self.classifier is None:
@@ -113,9 +119,22 @@ class KLDivergence:
         return KLResult(self.kl_pq_sum / self.n, self.kl_qp_sum / self.n, self.n, self.note)
 
 
-def load_passt(weights: str | Path) -> torch.nn.Module:
-    """PaSST-S (AudioSet, 10 s, logits) from a local checkpoint; needs ``hear21passt``."""
-    from hear21passt.models.passt import get_model
+class QuietClassifier:
+    """Calls ``model`` without gradients and with its prints (PaSST's first forward) silenced."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return self.model(wav)
+
+
+def load_passt(weights: str | Path) -> QuietClassifier:
+    """PaSST-S (AudioSet, 10 s, logits) from a local checkpoint, as ``hear21passt.base``'s
+    ``get_basic_model(mode="logits")`` builds it (its filter adapts the released file)."""
+    from hear21passt.models.passt import checkpoint_filter_fn, get_model
     from hear21passt.models.preprocess import AugmentMelSTFT
     from hear21passt.wrapper import PasstBasicWrapper
 
@@ -123,9 +142,11 @@ def load_passt(weights: str | Path) -> torch.nn.Module:
         n_mels=128, sr=PASST_RATE, win_length=800, hopsize=320, n_fft=1024, freqm=48, timem=192,
         htk=False, fmin=0.0, fmax=None, norm=1, fmin_aug_range=10, fmax_aug_range=2000,
     )  # fmt: skip
-    net = get_model(arch="passt_s_swa_p16_128_ap476", pretrained=False)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return PasstBasicWrapper(mel=mel, net=net, mode="logits").eval()
+    with contextlib.redirect_stdout(io.StringIO()):
+        net = get_model(arch=PASST_ARCH, pretrained=False)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    net.load_state_dict(checkpoint_filter_fn(state, net))
+    return QuietClassifier(PasstBasicWrapper(mel=mel, net=net, mode="logits").eval())
 
 
 def build_kl(weights: str | Path | None, hint: str = "kl_weights=PATH") -> KLDivergence:
@@ -140,6 +161,6 @@ def build_kl(weights: str | Path | None, hint: str = "kl_weights=PATH") -> KLDiv
         model = load_passt(weights)
     except ImportError:
         return KLDivergence(
-            None, note="not computed: hear21passt is not installed (pip install hear21passt)"
+            None, note="not computed: hear21passt is not installed (pip install -e .[eval])"
         )
     return KLDivergence(model, note="PaSST-S AudioSet label distributions")
