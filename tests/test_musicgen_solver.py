@@ -19,7 +19,9 @@ from musicgen.compression import CodecConfig, CompressionModel
 from musicgen.conditioners.chroma_cache import write_cache
 from musicgen.errors import UserError
 from musicgen.metrics.chroma_cosine import chroma_cosine_similarity
+from musicgen.metrics.clap import ClapScore
 from musicgen.metrics.fad import embedding_stats, frechet_distance
+from musicgen.metrics.kl import KLDivergence
 from musicgen.musicgen_model import MusicGen
 from solvers.musicgen import PAPER_ROWS, MusicGenSolver, chroma_image
 from solvers.runtime import register_resolvers
@@ -351,6 +353,59 @@ def test_evaluation_table_matches_an_independent_fad(assets: dict) -> None:
     a, b = embedding_stats(gen), embedding_stats(ref)
     expected = frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
     assert ours[0]["FAD"] == pytest.approx(expected, rel=1e-6)
+
+
+def stand_in_classifier(wav: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` -> ``(B, 3)`` logits from loudness statistics (a stand-in for PaSST)."""
+    return 20 * torch.stack([wav.std(-1), wav.abs().mean(-1), wav.mean(-1)], dim=-1)
+
+
+class StandInClap:
+    """Audio -> low spectrum, text -> its length and vowel count (a stand-in for LAION CLAP)."""
+
+    def embed_audio(self, wav: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft(wav, n=6).abs()[:, :2]
+
+    def embed_text(self, texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[len(t), sum(c in "aeiou" for c in t)] for t in texts]).float()
+
+
+def test_evaluation_table_fills_kl_and_clap_from_the_metrics(
+    assets: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import solvers.musicgen as module
+
+    monkeypatch.setattr(module, "build_kl", lambda *a: KLDivergence(stand_in_classifier))
+    monkeypatch.setattr(module, "build_clap", lambda *a: ClapScore(StandInClap(), "stand-in"))
+    solver, batch = make_solver(assets), tone_batch()
+    trainer().test(solver, DataLoader([batch], batch_size=None), verbose=False)
+    (table,) = solver.evaluation_tables()
+    with solver.evaluated():
+        generated = {
+            "text + melody": solver.generate(batch, 1.0, with_melody=True),
+            "text": solver.generate(batch, 1.0, with_melody=False),
+        }
+    for row, (label, wavs) in zip(table.rows[:2], generated.items(), strict=True):
+        assert row["system"] == f"ours, {label} (EMA weights)"
+        kl, clap = KLDivergence(stand_in_classifier), ClapScore(StandInClap())
+        kl.update(wavs, batch["audio"], RATE)
+        clap.update(wavs, RATE, batch["caption"])
+        assert row["KL"] == pytest.approx(kl.compute().value, rel=1e-6)
+        assert row["CLAP_scr"] == pytest.approx(clap.compute().value, rel=1e-6)
+    assert "CLAP: stand-in." in table.notes
+
+
+def test_published_rows_are_the_papers_and_the_model_cards_with_sources() -> None:
+    systems = [row["system"] for row in PAPER_ROWS]
+    for size, label in (("300M", "text"), ("1.5B", "text"), ("3.3B", "text")):
+        assert f"MusicGen {size}, {label} (paper)" in systems
+    assert "MusicGen 1.5B, text + random melody (paper)" in systems
+    card = {row["system"].split()[0]: row for row in PAPER_ROWS if "model card" in row["source"]}
+    assert [card[m]["FAD"] for m in card] == [4.88, 5.14, 5.48, 4.93]
+    assert card["facebook/musicgen-melody"]["Cos"] == 0.44
+    for row in PAPER_ROWS:
+        assert row["source"] and row["FAD model"] == "VGGish"
+        assert set(row) <= {"system", "FAD", "FAD model", "KL", "CLAP_scr", "Cos", "source"}
 
 
 def test_checkpoint_round_trip_gives_identical_generations(assets: dict, tmp_path: Path) -> None:
