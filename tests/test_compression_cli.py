@@ -299,6 +299,8 @@ def _damaged(ecdc: Path) -> dict[str, Path]:
         ),
         "invalid header values n_q='4'": (lambda h: h.update(n_q="4"), None),
         "invalid header values frames=0": (lambda h: h.update(frames=0), None),
+        "(n_q, frames, bits, scales) describes 44": (lambda h: h.update(n_q=3, bits=9), None),
+        "(n_q, frames, bits, scales) describes 52": (lambda h: h.update(bits=8), None),
         "frames=14 (expected 13)": (lambda h: None, np.zeros((4, 14), dtype=np.int64)),
         "n_q=6 but the codec has 4 codebooks": (lambda h: None, np.zeros((6, 13), dtype=np.int64)),
         "codes can exceed the codebook size 512": (
