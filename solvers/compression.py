@@ -40,7 +40,7 @@ from musicgen.metrics.audio_quality import MelDistance, si_snr
 from musicgen.opus import MIN_KBPS, opus_roundtrip
 from musicgen.tables import Table
 from solvers import media
-from solvers.reduction import log_reduced
+from solvers.reduction import log_reduced, sync_buffers_for_validation
 from solvers.schedules import ema_decay, lr_lambda
 
 LOSS_WEIGHTS = {"adv": 4.0, "feat": 4.0, "msspec": 2.0, "l1": 0.1}
@@ -273,6 +273,7 @@ class CompressionSolver(L.LightningModule):
         )
 
     def on_validation_epoch_start(self) -> None:
+        sync_buffers_for_validation(self)
         self._start("valid")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -1,4 +1,4 @@
-"""Evaluation metrics reduced across DDP ranks, for any number of samples per rank (zero included).
+"""DDP evaluation for any number of samples per rank (zero included): metric reduction and buffers.
 
 Validation and test stream every sample once over all ranks, so ranks hold different numbers of
 samples, possibly none. Solvers therefore accumulate sums, counts or per-item records in their
@@ -6,6 +6,10 @@ steps (no collective there) and reduce them with the functions below in
 ``on_validation_epoch_end`` / ``on_test_epoch_end``, which every rank runs: each function is a
 collective when a process group is up, called by every rank in the same order, never inside a
 branch that only some ranks take. Without a process group they return the local values.
+
+During ``fit``, validation steps run through the DDP wrapper, whose first forward after a
+training step broadcasts rank 0's buffers: a rank without validation batches never gets there,
+so :func:`sync_buffers_for_validation` does that broadcast in ``on_validation_epoch_start``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import TypeVar
 import lightning as L
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 T = TypeVar("T")
 
@@ -49,3 +54,15 @@ def log_reduced(module: L.LightningModule, metrics: Mapping[str, float], **kwarg
     value is a global one (no warning about unsynced epoch metrics)."""
     for name, value in metrics.items():
         module.log(name, value, sync_dist=True, rank_zero_only=True, **kwargs)
+
+
+def sync_buffers_for_validation(module: L.LightningModule) -> None:
+    """Broadcast rank 0's buffers on every rank now, as DDP would in the first validation forward
+    (only on ranks that have a batch), and mark them synced so that DDP skips that broadcast."""
+    wrapper = module.trainer.strategy.model
+    if not isinstance(wrapper, DistributedDataParallel) or not wrapper.will_sync_module_buffers():
+        return
+    with torch.no_grad():
+        for buffer in wrapper.module.buffers():
+            dist.broadcast(buffer, src=0)
+    wrapper.require_forward_param_sync = False

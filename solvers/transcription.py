@@ -5,12 +5,13 @@ on random 256-frame crops; the targets of a crop come from its notes through
 :func:`musicgen.transcription.segment_tokens`. Validation and test decode whole pieces
 (``eval_crop: none``) greedily, stitch the segments and score them with MT3's metrics
 (:mod:`musicgen.metrics.transcription`), logged as ``{stage}/<metric>`` (dataset score = mean
-over tracks). The first validation piece's piano rolls and transcribed MIDI are written under
+over the tracks of all ranks, gathered at the epoch end; the test tables list every track). The first validation piece's piano rolls and transcribed MIDI are written under
 ``<log dir>/media`` and sent to W&B or TensorBoard when that is the logger.
 """
 
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
 
 import lightning as L
@@ -43,6 +44,7 @@ from musicgen.transcription.vocabulary import (
     STEPS_PER_SECOND,
     token,
 )
+from solvers.reduction import gather_objects, log_reduced, sync_buffers_for_validation
 from solvers.schedules import lr_lambda
 
 # MT3 paper (arXiv 2111.03017), Table 2 (MT3 single-dataset / mixture models) and Table 3
@@ -139,6 +141,8 @@ class MT3Solver(L.LightningModule):
             init_shifts_from_positions(self.model)
         self.frontend = LogMelFrontend()
         self._tracks: dict[str, list[dict]] = {"valid": [], "test": []}
+        self.tracks: dict[str, list[dict]] = {"valid": [], "test": []}
+        self._media_dir: Path | None = None
         self.test_scores: dict[str, float] = {}
 
     def _targets(self, notes: list[torch.Tensor], num_samples: int) -> torch.Tensor:
@@ -203,20 +207,36 @@ class MT3Solver(L.LightningModule):
                 self.hparams.max_decode_length,
                 grammar=self.hparams.granularity if self.hparams.constrained_decoding else None,
             )
-            self._tracks[stage].append(track_metrics(ref, decoded.notes))
-            self.log(f"{stage}/loss", self._piece_loss(samples, ref), batch_size=1)
-            self.log(f"{stage}/invalid_tokens", float(decoded.invalid), batch_size=1)
+            self._tracks[stage].append(
+                {
+                    "key": key,
+                    **track_metrics(ref, decoded.notes),
+                    "loss": float(self._piece_loss(samples, ref)),
+                    "invalid_tokens": float(decoded.invalid),
+                }
+            )
             if stage == "valid" and batch_idx == 0 and i == 0:
                 self._log_media(key, ref, decoded.notes)
 
     def _finish(self, stage: str) -> dict[str, float]:
-        tracks, self._tracks[stage] = self._tracks[stage], []
+        """Gather the tracks of every rank (every rank calls this, with or without tracks of its
+        own), log the dataset scores (means over all tracks, loss and invalid tokens included) as
+        ``{stage}/<metric>`` and return them; ``{}`` when no rank had a track. The gathered
+        tracks, sorted by key, are kept in ``self.tracks[stage]``."""
+        local, self._tracks[stage] = self._tracks[stage], []
+        tracks = sorted(chain.from_iterable(gather_objects(local)), key=lambda t: t["key"])
+        self.tracks[stage] = tracks
         if not tracks:
             return {}
-        scores = dataset_metrics(tracks)
-        for name, value in scores.items():
-            self.log(f"{stage}/{name}", value, sync_dist=True)
+        scores = dataset_metrics([{k: v for k, v in t.items() if k != "key"} for t in tracks])
+        log_reduced(self, {f"{stage}/{name}": value for name, value in scores.items()})
         return scores
+
+    def on_validation_epoch_start(self) -> None:
+        sync_buffers_for_validation(self)
+        # Trainer.log_dir is a collective (a broadcast): every rank resolves it here, not only
+        # the rank that writes the media.
+        self._media_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "media"
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "valid", batch_idx)
@@ -233,7 +253,7 @@ class MT3Solver(L.LightningModule):
     def _log_media(self, key: str, ref: np.ndarray, est: np.ndarray) -> None:
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "media"
+        out = self._media_dir
         out.mkdir(parents=True, exist_ok=True)
         stem = f"step{self.global_step:07d}-{key}"
         midi, image = inside(out, f"{stem}.mid"), inside(out, f"{stem}.png")
@@ -272,12 +292,24 @@ class MT3Solver(L.LightningModule):
         note = (
             PAPER_NOTE if name in PAPER_NAMES else f"{PAPER_NOTE} MT3 did not evaluate on {name}."
         )
-        return [
+        tables = [
             Table("mt3_table2", f"Transcription F1 on {where} (MT3 Table 2 layout)", table2, note),
             Table(
                 "mt3_table3", f"Multi-instrument F1 on {where} (MT3 Table 3 layout)", table3, note
             ),
         ]
+        return tables + self._track_tables(where)
+
+    def _track_tables(self, where: str) -> list[Table]:
+        """Every test track's F1 scores, loss and invalid tokens, sorted by key (none before
+        ``trainer.test``)."""
+        tracks = self.tracks["test"]
+        if not tracks:
+            return []
+        columns = [k for k in tracks[0] if k.endswith("_f1")] + ["loss", "invalid_tokens"]
+        rows = [{"key": t["key"], **{c: t[c] for c in columns}} for t in tracks]
+        note = f"{len(rows)} tracks; the dataset scores above are the means of these columns."
+        return [Table("mt3_tracks", f"Per-track scores on {where}", rows, note)]
 
     def configure_optimizers(self) -> dict:
         optim = self.hparams.optim
