@@ -1,21 +1,22 @@
-"""Fault tolerance: atomic checkpoint files, and a checkpoint on the preemption signal before requeue.
+"""Fault tolerance: atomic checkpoint files, and one shutdown path for every stop signal.
 
-Who owns what (see README, "Running on a cluster"):
+Who owns what (see README, "Preemption, requeue and resume"):
 
 * **submitit owns requeue.** Jobs go through submitit (``hydra/launcher=slurm``), which asks SLURM
   for ``--signal=USR2@<signal_delay_s>`` before the time limit and installs a handler that, on
   rank 0, re-pickles the job and runs ``scontrol requeue`` (counting timeouts against
   ``max_num_timeout``). Lightning's own SLURM auto-requeue is switched off
   (``SLURMEnvironment(auto_requeue=False)``, see :func:`cluster_plugins`).
-* **The training loop owns the checkpoint.** :class:`LastCheckpoint` takes the signal over
-  from submitit for the duration of ``fit``: the handler only sets a flag; at the end of the
-  current training batch the ranks agree on it (one all-reduce), all of them save ``last.ckpt``
-  together, and then the signal is handed to the handler that was there before (submitit's),
-  which requeues and exits. The requeued job reruns the same command, so it lands in the same
-  run directory, resumes from ``last.ckpt`` and keeps the W&B run id (the run name).
-* SIGTERM (scancel, or SLURM's own preemption with ``PreemptMode=REQUEUE``) is turned into an
-  exception by Lightning at a point where the ranks are in step; :class:`LastCheckpoint`
-  then saves ``last.ckpt`` too. It does not requeue: whoever sent SIGTERM decides that.
+* **The training loop owns the checkpoint.** :class:`LastCheckpoint` takes the stop signals
+  (SIGTERM and the requeue signal, ``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default) over for the
+  duration of ``fit``, from submitit and from Lightning: its handler only notes the signal. At the
+  next training step the ranks agree on it (one all-reduce, so a signal that reached one rank
+  stops them all), save ``last.ckpt`` together (rank 0 writes it), and every process exits 0.
+  When the requeue signal reached any rank and the job runs under submitit, rank 0 first hands
+  it to submitit's handler, once, which requeues the job. SIGTERM (``scancel``, ``scontrol
+  requeue``, SLURM's own preemption) never requeues: whoever sent it decides that.
+* Loader workers ignore the stop signals (``data.datamodule.ignore_stop_signals``): ``scancel``
+  signals every process of a job, and a worker that died first used to crash the run.
 
 Checkpoint files are written by :class:`AtomicCheckpointIO`: into a temporary file next to the
 target, flushed and fsynced, then renamed over it, so a ``kill -9`` at any moment leaves either
@@ -26,11 +27,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 import torch
@@ -163,21 +167,60 @@ def cluster_plugins() -> list:
     return []
 
 
+def requeued_since_start() -> bool:
+    """Whether SLURM has requeued this job since this run of it started (an admin's ``scontrol
+    requeue``, or a requeue that came first): ``scontrol show job`` counts more restarts than
+    ``SLURM_RESTART_COUNT``, while the job is still COMPLETING or PENDING again."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return False
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    restarts = re.search(r"\bRestarts=(\d+)", out)
+    started_as = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    return restarts is not None and int(restarts.group(1)) > started_as
+
+
+def requeue_once(handler: Callable[[int, Any], Any], signum: int) -> None:
+    """Rank 0: let submitit's ``handler`` re-pickle and requeue the job (it exits the process).
+
+    When its ``scontrol requeue`` fails because the job is already being requeued (a second
+    signal, an admin's ``scontrol requeue``), the job exits as requeued: an exception here would
+    become the job's result, and the sweep would report a failure for a job that comes back.
+    """
+    try:
+        handler(signum, None)
+    except (OSError, subprocess.SubprocessError) as err:
+        if not requeued_since_start():
+            raise
+        log.warning("the job is already requeued (%s): exiting without a result", err)
+
+
 class LastCheckpoint(Checkpoint):
     """The one writer of ``last.ckpt`` (``path``): the state every resume starts from.
 
-    It saves (between two training batches) every ``every_n_train_steps`` optimiser steps, every ``every_minutes`` of wall-clock
-    time (rank 0's clock decides for all ranks), when the preemption signal arrives (save, then let
-    the previous owner of the signal act: submitit requeues), on SIGTERM (save), and at the end of
-    training. One callback instead of Lightning's ModelCheckpoint because ModelCheckpoint takes
-    steps or time but not both (two of them would both write ``last.ckpt``), and it skips its
-    end-of-training save when it saved earlier in the run (``last.ckpt`` would lag the last steps).
+    It saves (between two training batches) every ``every_n_train_steps`` optimiser steps, every
+    ``every_minutes`` of wall-clock time (rank 0's clock decides for all ranks), on a stop signal,
+    and at the end of training. One callback instead of Lightning's ModelCheckpoint because
+    ModelCheckpoint takes steps or time but not both (two of them would both write ``last.ckpt``),
+    and it skips its end-of-training save when it saved earlier in the run (``last.ckpt`` would lag
+    the last steps).
 
-    Per training batch this costs one all-reduce of two numbers (the ranks must agree to stop).
+    Stop signals: SIGTERM and ``signum`` (the requeue signal, :func:`preemption_signal` by
+    default). From ``setup`` of ``fit`` on their handler only notes them; at the start of the next
+    training batch the ranks agree (one all-reduce of three numbers per batch: SIGTERM, the
+    requeue signal, time to save), all save together, rank 0 hands a requeue to submitit's handler
+    when there was one (:func:`requeue_once`), and every process exits with status 0.
     Being a ``Checkpoint`` callback, it runs after the other callbacks, and Lightning adds no
     default ModelCheckpoint next to it.
-    ``signum`` defaults to :func:`preemption_signal`. Without a previous Python handler (a run
-    outside submitit) the signal's default action follows the save (USR1/USR2 terminate).
     """
 
     def __init__(
@@ -190,47 +233,47 @@ class LastCheckpoint(Checkpoint):
         self.path = Path(path)
         self.every_n_train_steps = every_n_train_steps or 0
         self.every_seconds = 60.0 * every_minutes if every_minutes else 0.0
-        self.signum = signal.Signals(signum) if signum is not None else preemption_signal()
-        self._requested = False
-        self._previous: Any = None
-        self._installed = False
+        self.requeue_signal = signal.Signals(signum) if signum is not None else preemption_signal()
+        self.signals = tuple(dict.fromkeys((signal.SIGTERM, self.requeue_signal)))
+        self._received: set[int] = set()
+        self._outer: dict[int, Any] = {}
         self._saved_step: int | None = None
         self._saved_time = time.monotonic()
 
     # -- signal plumbing -------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or threading.current_thread() is not threading.main_thread():
-            return
-        previous = signal.getsignal(self.signum)
-        if previous is signal.SIG_IGN:
-            return
-        self._previous, self._requested = previous, False
-        signal.signal(self.signum, self._on_signal)
-        self._installed = True
+        if stage == "fit":
+            self._received = set()
+            self._install()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()
 
+    def _install(self) -> None:
+        """Note the stop signals (main thread only); the handlers found first are kept for later."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.signals:
+            self._outer.setdefault(signum, signal.getsignal(signum))
+            signal.signal(signum, self._on_signal)
+
     def _restore(self) -> None:
-        if self._installed and threading.current_thread() is threading.main_thread():
-            signal.signal(
-                self.signum, self._previous if self._previous is not None else signal.SIG_DFL
-            )
-        self._installed = False
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._outer.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._outer = {}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Runs between two bytecodes of the training loop: only note it; the loop acts at a safe point.
-        self._requested = True
+        self._received.add(signum)
 
-    def _hand_over(self, trainer: L.Trainer) -> None:
-        previous = self._previous
-        self._restore()
-        if callable(previous):
-            previous(self.signum, None)  # submitit: rank 0 requeues the job and exits
-        elif previous in (signal.SIG_DFL, None):
-            os.kill(os.getpid(), self.signum)  # the default action: terminate
-        # Still here (ranks > 0 under submitit): stop this rank too; the requeue restarts all of them.
-        raise SystemExit(f"preempted at step {trainer.global_step}; {self.path} saved")
+    def _stop(self, trainer: L.Trainer, requeue: bool) -> NoReturn:
+        """After the save: rank 0 requeues when asked and submitit's handler is there; all exit 0.
+        The stop signals stay noted-only until the process ends: a second signal changes nothing."""
+        handler, self._outer = self._outer.get(self.requeue_signal), {}
+        if requeue and trainer.is_global_zero and callable(handler):
+            requeue_once(handler, self.requeue_signal)
+        raise SystemExit(0)
 
     # -- saving ------------------------------------------------------------------------------
     def save(self, trainer: L.Trainer) -> None:
@@ -239,6 +282,7 @@ class LastCheckpoint(Checkpoint):
         self._saved_step, self._saved_time = trainer.global_step, time.monotonic()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()  # again: Lightning put its own SIGTERM handler in place just before
         self._saved_step, self._saved_time = trainer.global_step, time.monotonic()
 
     def on_train_batch_start(
@@ -252,17 +296,19 @@ class LastCheckpoint(Checkpoint):
             and (time.monotonic() - self._saved_time >= self.every_seconds)
         )
         flags = torch.tensor(
-            [float(self._requested), float(timed)], device=trainer.strategy.root_device
+            [*(float(s in self._received) for s in self.signals), float(timed)],
+            device=trainer.strategy.root_device,
         )
-        preempted, timed = (
+        *received, timed = (
             bool(v > 0) for v in trainer.strategy.reduce(flags, reduce_op="sum").tolist()
         )
-        if preempted:
+        if any(received):
+            names = [s.name for s, r in zip(self.signals, received, strict=True) if r]
             rank_zero_info(
-                f"{self.signum.name} received: saving {self.path} at step {trainer.global_step}"
+                f"{', '.join(names)} received: saving {self.path} at step {trainer.global_step}"
             )
             self.save(trainer)
-            self._hand_over(trainer)
+            self._stop(trainer, requeue=received[self.signals.index(self.requeue_signal)])
         stepped = self.every_n_train_steps > 0 and (
             trainer.global_step - (self._saved_step or 0) >= self.every_n_train_steps
         )
@@ -276,8 +322,8 @@ class LastCheckpoint(Checkpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        # Lightning's own SIGTERM handler is in place between its start-up and on_train_start.
         if isinstance(exception, SIGTERMException) and trainer.global_step != self._saved_step:
-            rank_zero_info(
-                f"SIGTERM: saving {self.path} at step {trainer.global_step} before exiting"
-            )
+            rank_zero_info(f"SIGTERM: saving {self.path} at step {trainer.global_step}")
             self.save(trainer)
+        self._restore()

@@ -1,5 +1,6 @@
-"""Fault tolerance without a scheduler: kill -9 and resume, signals, atomic checkpoint files,
-and when last.ckpt is written."""
+"""Fault tolerance without a scheduler: kill -9 and resume, atomic checkpoint files, when
+last.ckpt is written, and requeue bookkeeping under duplicate signals (stop signals in a real run:
+tests/test_signals.py)."""
 
 from __future__ import annotations
 
@@ -109,27 +110,6 @@ def test_kill_9_then_the_same_command_resumes(toy_dataset: Path, tmp_path: Path)
     assert_complete_checkpoints(checkpoints)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
-def test_a_signal_saves_last_ckpt_before_the_run_stops(
-    toy_dataset: Path, tmp_path: Path, signum: int
-) -> None:
-    """SIGTERM (scancel) and the preemption signal outside submitit: save, then stop."""
-    cmd = train_command(
-        toy_dataset, tmp_path, "trainer.max_steps=200", "checkpoint.every_n_train_steps=1000"
-    )
-    process = start(cmd, tmp_path)
-    reached = wait_for_step(tmp_path, 4, process)
-    process.send_signal(signum)
-    process.wait(timeout=120)
-    stderr = (tmp_path / "stderr.log").read_text()
-    # SIGTERM: Lightning stops with SystemExit (status 0); USR2 without submitit: killed by the signal.
-    assert process.returncode == (0 if signum == signal.SIGTERM else -signum), stderr[-2000:]
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert reached <= saved <= reached + 2 < 200, stderr[-2000:]
-    assert f"{signal.Signals(signum).name}" in stderr and "saving" in stderr
-
-
 WRITER = """
 import sys, torch
 from pathlib import Path
@@ -180,21 +160,30 @@ class CountingIO(AtomicCheckpointIO):
         super().save_checkpoint(checkpoint, path, storage_options)
 
 
-def fit_tiny(tmp_path: Path, max_steps: int, **kwargs: object) -> list[int]:
-    io = CountingIO()
-    trainer = L.Trainer(
+def tiny_trainer(
+    tmp_path: Path, max_steps: int, io: CountingIO, *callbacks: L.Callback, **kwargs: object
+) -> L.Trainer:
+    """A Trainer whose LastCheckpoint(``kwargs``) writes ``tmp_path/last.ckpt`` through ``io``."""
+    return L.Trainer(
         max_steps=max_steps,
-        callbacks=[LastCheckpoint(tmp_path / "last.ckpt", **kwargs)],
+        callbacks=[LastCheckpoint(tmp_path / "last.ckpt", **kwargs), *callbacks],
         plugins=[io],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
     )
-    data = torch.utils.data.DataLoader(
+
+
+def tiny_data() -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.randn(64, 2)), batch_size=4
     )
-    trainer.fit(Tiny(), data)
+
+
+def fit_tiny(tmp_path: Path, max_steps: int, **kwargs: object) -> list[int]:
+    io = CountingIO()
+    tiny_trainer(tmp_path, max_steps, io, **kwargs).fit(Tiny(), tiny_data())
     return io.steps
 
 
@@ -208,3 +197,66 @@ def test_last_ckpt_every_n_steps_and_at_the_end(tmp_path: Path) -> None:
 def test_last_ckpt_by_wall_clock_time(tmp_path: Path) -> None:
     # every_minutes=0 would disable it; 1e-9 minutes: due at every batch, never twice per step.
     assert fit_tiny(tmp_path, 4, every_minutes=1e-9) == [1, 2, 3, 4]
+
+
+class SignalsAt(L.Callback):
+    """Sends ``signals`` to this process, one after the other, at the end of step ``step``."""
+
+    def __init__(self, step: int, *signals: signal.Signals) -> None:
+        self.step, self.signals = step, signals
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            for signum in self.signals:
+                os.kill(os.getpid(), signum)
+
+
+USR2, TERM = signal.SIGUSR2, signal.SIGTERM
+
+
+@pytest.mark.parametrize(
+    "requeued_by_slurm,signals",
+    [(True, (USR2, USR2)), (True, (USR2, TERM, USR2)), (False, (USR2, TERM, USR2))],
+    ids=["requeued-USR2x2", "requeued-USR2+TERM", "not_requeued-USR2+TERM"],
+)
+def test_duplicate_signals_requeue_once_and_a_failed_requeue_of_a_requeued_job_is_no_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    requeued_by_slurm: bool,
+    signals: tuple[signal.Signals, ...],
+) -> None:
+    """USR2 twice, with or without the SIGTERM of an admin's ``scontrol requeue``: one save, submitit's
+    handler runs once, and its ``scontrol requeue`` failing (SLURM requeues the job already) ends
+    the process as requeued, with no error that would become the job's result. When SLURM did
+    not requeue the job (``Restarts`` not above ``SLURM_RESTART_COUNT``), the failure stays."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    restarts = 1 if requeued_by_slurm else 0
+    scontrol.write_text(f"#!/bin/sh\necho 'JobId=7 JobState=COMPLETING Restarts={restarts}'\n")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    calls = []
+
+    def submitit_handler(signum: int, frame: object) -> None:
+        calls.append(signum)
+        raise subprocess.CalledProcessError(1, ["scontrol", "requeue", "7"])
+
+    handlers = {s: signal.getsignal(s) for s in (TERM, USR2)}
+    signal.signal(USR2, submitit_handler)
+    io = CountingIO()
+    trainer = tiny_trainer(tmp_path, 50, io, SignalsAt(3, *signals), signum=USR2)
+    try:
+        with pytest.raises(
+            SystemExit if requeued_by_slurm else subprocess.CalledProcessError
+        ) as end:
+            trainer.fit(Tiny(), tiny_data())
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert calls == [USR2]
+    assert io.steps == [3]
+    if requeued_by_slurm:
+        assert end.value.code == 0
