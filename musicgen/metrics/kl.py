@@ -7,8 +7,8 @@ softmax of its logits, averaged over a chunk, is one label distribution; ``kl_pq
 and averaged over chunks; ``kl_qp`` is the reverse. The table reports ``kl_pq``.
 
 The classifier runs only when its weights are given (``passt-s-f128-p16-s10-ap.476-swa.pt``) and
-``hear21passt`` is installed (``pip install -e .[eval]``); otherwise :meth:`KLDivergence.compute` returns ``value=None`` and
-the reason, for the table.
+``hear21passt`` is installed (``pip install -e .[eval]``); otherwise :meth:`KLDivergence.compute`
+returns ``value=None`` and the reason, for the table.
 """
 
 from __future__ import annotations
@@ -120,15 +120,17 @@ class KLDivergence:
 
 
 class QuietClassifier:
-    """Calls ``model`` without gradients and with its prints (PaSST's first forward) silenced."""
+    """Calls ``model`` on its own device, without gradients and with its prints (PaSST's first
+    forward) silenced."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
 
     @torch.no_grad()
     def __call__(self, wav: torch.Tensor) -> torch.Tensor:
+        device = next(self.model.parameters()).device
         with contextlib.redirect_stdout(io.StringIO()):
-            return self.model(wav)
+            return self.model(wav.to(device))
 
 
 def load_passt(weights: str | Path) -> QuietClassifier:
