@@ -36,6 +36,9 @@ class SkipSample(Exception):
         self.detail = detail
 
 
+SILENCE_DB = -70.0  # crops whose mix RMS is at or below this (dBFS) are skipped as silent
+
+
 @dataclass(frozen=True)
 class SampleSpec:
     """What a solver wants from each sample.
@@ -50,7 +53,7 @@ class SampleSpec:
     segment_seconds: float | None = None
     fields: tuple[str, ...] = ("audio",)
     crop: str = "random"
-    silence_db: float = -70.0
+    silence_db: float = SILENCE_DB
 
     def __post_init__(self) -> None:
         unknown = set(self.fields) - set(FIELDS)

@@ -12,14 +12,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from data.decode import SILENCE_DB
 from data.prepare.__main__ import main
 from data.prepare.synth import build_synth
 from data.prepare.synth.build import SPLIT_CYCLE, plan_example
 from data.prepare.synth.captions import describe
 from data.prepare.synth.corpus import list_pieces, pools, split_of
 from data.prepare.synth.drums import CLOSED_HAT, KICK, RIDE, SNARE, drum_part
+from data.prepare.synth.example import MIN_SEGMENT_SECONDS, trim_silent_tail
 from data.prepare.synth.harmony import accompany, estimate_key, key_name
 from data.prepare.synth.instruments import PALETTES, RANGES, stem_for
+from data.prepare.synth.render import to_pcm16
 from data.shards import SPLITS, STEMS, check_key
 from musicgen.notes import END, IS_DRUM, PROGRAM, START, notes_from_midi_bytes
 
@@ -268,3 +271,29 @@ def test_palettes_respect_stems_and_ranges() -> None:
             for program in (p for family in families for p in family):
                 assert stem_for(program, False) == stem and program in RANGES
     assert stem_for(0, True) == "drums"
+
+
+def test_no_window_of_the_shortest_crop_is_silent(samples: dict) -> None:
+    """Every 0.25 s window (the shortest training crop) of every mix is louder than the loader's
+    silence threshold, so no training crop of the default data is skipped as silent."""
+    for key, sample in samples.items():
+        mix = audio(sample, "flac")[0].astype(np.float64) / 32768
+        window = round(MIN_SEGMENT_SECONDS * meta(sample)["sample_rate"])
+        power = np.concatenate([[0.0], np.cumsum(mix**2)])
+        rms = np.sqrt((power[window:] - power[:-window]) / window)
+        assert rms.min() > 10 ** (SILENCE_DB / 20), key
+
+
+def test_silent_tails_are_trimmed_and_silent_stretches_dropped() -> None:
+    rate, tone = 1000, 0.1 * np.sin(np.arange(2000) / 3.0)
+
+    def pcm(*parts: np.ndarray) -> dict[str, np.ndarray]:
+        mix = to_pcm16(np.concatenate(parts))
+        return {"mix": mix, "other": mix.copy()}
+
+    trimmed = trim_silent_tail(pcm(tone, np.zeros(900)), rate, min_end=2000)
+    assert trimmed is not None and 2000 <= len(trimmed["mix"]) < 2250
+    assert np.array_equal(trimmed["mix"], trimmed["other"])
+    assert trim_silent_tail(pcm(tone, np.zeros(900)), rate, min_end=2800) is None
+    assert trim_silent_tail(pcm(tone, np.zeros(300), tone), rate, min_end=0) is None
+    assert trim_silent_tail(pcm(np.zeros(3000)), rate, min_end=0) is None

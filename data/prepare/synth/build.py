@@ -75,8 +75,11 @@ def _mapper(
         yield lambda specs: pool.imap(make_example, specs)
 
 
-def render_examples(seed: int, seconds: float, workers: int, sample_rate: int) -> Iterator[Example]:
-    """Examples ``0, 1, ...`` in order, until their durations add up to ``seconds``."""
+def render_examples(
+    seed: int, seconds: float, workers: int, sample_rate: int, dropped: list[str] | None = None
+) -> Iterator[Example]:
+    """Examples ``0, 1, ...`` in order, until their durations add up to ``seconds``; the keys of
+    those dropped for a silent stretch are appended to ``dropped``."""
     pieces = pools()
     done, index = 0.0, 0
     estimate = math.ceil(seconds / EXPECTED_SECONDS)
@@ -89,10 +92,14 @@ def render_examples(seed: int, seconds: float, workers: int, sample_rate: int) -
             progress.total = max(progress.total, progress.n + count)
             specs = [plan_example(seed, i, pieces) for i in range(index, index + count)]
             index += count
-            for example in mapper(specs):
+            for spec, example in zip(specs, mapper(specs), strict=True):
+                progress.update(1)
+                if example is None:
+                    if dropped is not None:
+                        dropped.append(spec.key)
+                    continue
                 yield example
                 done += example.seconds
-                progress.update(1)
                 if done >= seconds:
                     break
         progress.total = progress.n
@@ -152,8 +159,10 @@ def build_synth(
     }
     sharding = {"max_bytes": round(shard_mb * 2**20), "min_shards": min_shards}
     writers = {split: ShardWriter(staging, split, extra_index=info, **sharding) for split in SPLITS}
-    for example in render_examples(seed, minutes * 60.0, workers, sample_rate):
+    dropped: list[str] = []
+    for example in render_examples(seed, minutes * 60.0, workers, sample_rate, dropped):
         writers[example.split].write(example.key, example.members, example.seconds)
+    info["build"]["dropped_silent"] = dropped  # a silent stretch as long as the shortest crop
     for writer in writers.values():
         writer.close()
     _publish(staging, out)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 
+from data.decode import SILENCE_DB
 from data.prepare.synth.arrange import arrange
 from data.prepare.synth.captions import describe
 from data.prepare.synth.corpus import STYLES, Piece
@@ -22,7 +23,10 @@ from data.prepare.synth.notation import load_notation
 from data.prepare.synth.render import Renderer, common_gain, flac_bytes, to_pcm16
 from data.shards import STEMS
 
-TAIL_SECONDS = 1.0  # audio kept after the last note-off, for the release
+TAIL_SECONDS = 1.0  # audio rendered after the last note-off, for the release
+# No window of the shortest training crop of any preset (experiment=compression_tiny) may be as
+# quiet as the pipeline's silence threshold: the loader would skip such crops.
+MIN_SEGMENT_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,30 @@ def _render_stems(midi: pretty_midi.PrettyMIDI, renderer: Renderer) -> dict[str,
     return pcm
 
 
-def make_example(spec: ExampleSpec) -> Example:
-    """Arrange, render and encode the example ``spec`` (needs :func:`init_worker` first)."""
+def trim_silent_tail(
+    pcm: dict[str, np.ndarray], sample_rate: int, min_end: int
+) -> dict[str, np.ndarray] | None:
+    """``pcm`` without the release tail where a ``MIN_SEGMENT_SECONDS`` window of the mix is
+    silent (RMS at or below ``SILENCE_DB``), never cut before sample ``min_end`` (the last
+    note-off); ``None`` when a silent window remains (a rest in every part): such a piece is
+    dropped."""
+    mix = pcm["mix"].astype(np.float64) / 32768
+    window = round(MIN_SEGMENT_SECONDS * sample_rate)
+    if len(mix) < window:
+        return None
+    power = np.concatenate([[0.0], np.cumsum(mix**2)])
+    loud = np.sqrt((power[window:] - power[:-window]) / window) > 10 ** (SILENCE_DB / 20)
+    if not loud.any():
+        return None
+    end = min(len(mix), max(int(np.flatnonzero(loud)[-1]) + window, min_end))
+    if not loud[: end - window + 1].all():
+        return None
+    return {name: audio[:end] for name, audio in pcm.items()}
+
+
+def make_example(spec: ExampleSpec) -> Example | None:
+    """Arrange, render and encode the example ``spec`` (needs :func:`init_worker` first);
+    ``None`` when its audio has a silent stretch (see :func:`trim_silent_tail`)."""
     if _renderer is None:
         raise RuntimeError("init_worker() must run before make_example()")
     rng = np.random.default_rng([spec.seed, spec.index, 1])
@@ -80,8 +106,12 @@ def make_example(spec: ExampleSpec) -> Example:
     arrangement.midi.write(buffer)
     midi_bytes = buffer.getvalue()
     # Render the notes exactly as stored (tick-quantised), so audio and MIDI agree.
-    pcm = _render_stems(pretty_midi.PrettyMIDI(io.BytesIO(midi_bytes)), _renderer)
+    stored = pretty_midi.PrettyMIDI(io.BytesIO(midi_bytes))
     sample_rate = _renderer.sample_rate
+    last_note_off = int(np.ceil(stored.get_end_time() * sample_rate))
+    pcm = trim_silent_tail(_render_stems(stored, _renderer), sample_rate, last_note_off)
+    if pcm is None:
+        return None
     seconds = len(pcm["mix"]) / sample_rate
     programs = [i["program"] for i in arrangement.instruments if not i["is_drum"]]
     has_drums = any(i["is_drum"] for i in arrangement.instruments)
