@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers.pre_tokenizers import ByteLevel
 from transformers import RobertaConfig, RobertaTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from musicgen.errors import UserError
 from musicgen.metrics.clap import (
@@ -44,7 +44,7 @@ ROBERTA_BASE = {
     "type_vocab_size": 1,
     "vocab_size": 50265,
 }
-CAPTIONS = ["a calm chorale", "energetic drums and bass", "a sad piano waltz", "folk fiddle tune"]
+CAPTIONS = ["a calm chorale", "energetic drums and bass", "a sad piano waltz"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def write_text_model(folder: Path) -> Path:
     """roberta-base's config and a tiny byte-level BPE vocabulary in roberta's file layout."""
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(ROBERTA_BASE))
-    tokens = ["<s>", "<pad>", "</s>", "<unk>", *sorted(ByteLevel.alphabet())]
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", *bytes_to_unicode().values()]
     merges = [("Ġ", "a"), ("a", "l"), ("Ġ", "c"), ("Ġc", "al"), ("Ġ", "p"), ("i", "a"), ("n", "o")]
     tokens += ["".join(m) for m in merges] + ["<mask>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
@@ -165,20 +165,20 @@ def test_laion_clap_score_matches_the_cosine_of_the_model_embeddings(clap: tuple
     tokenizer = RobertaTokenizer.from_pretrained(text_model)
     assert max(tokenizer(CAPTIONS)["input_ids"][0]) < 300  # the tiny vocabulary, no <unk>
     gen = torch.Generator().manual_seed(4)
-    batches = [torch.randn(2, 1, 48000, generator=gen), torch.randn(2, 2, 30000, generator=gen)]
-    expected = []
-    for b, audio in enumerate(batches):
-        texts = CAPTIONS[2 * b : 2 * b + 2]
-        score.update(audio * 0.1, 48000, texts)
-        for wav, text in zip(audio * 0.1, texts, strict=True):
+    batches = [torch.randn(2, 1, 48000, generator=gen), torch.randn(1, 2, 30000, generator=gen)]
+    expected, texts = [], [CAPTIONS[:2], CAPTIONS[2:3]]
+    for audio, captions in zip(batches, texts, strict=True):
+        score.update(audio * 0.1, 48000, captions)
+        for wav, text in zip(audio * 0.1, captions, strict=True):
             expected.append(clap_cosine(model, tokenizer, wav.mean(0), text))
     result = score.compute()
-    assert result.n == 4
+    assert result.n == 3
     assert np.ptp(expected) > 1e-3  # the pairs differ
     assert result.value == pytest.approx(np.mean(expected), rel=1e-5, abs=1e-6)
 
 
-def test_clap_text_model_must_be_local(clap: tuple, tmp_path: Path) -> None:
-    _, path, _ = clap
+def test_clap_text_model_must_be_local(tmp_path: Path) -> None:
+    path = tmp_path / CLAP_FILE
+    path.write_bytes(b"never read")
     with pytest.raises(UserError, match="CLAP text model .*missing.* clap_text=FOLDER"):
         build_clap(path, text_model=tmp_path / "missing")
