@@ -25,6 +25,7 @@ from musicgen.errors import UserError
 from musicgen.tables import Table, write_tables
 from solvers.restore import load_weights, restore_solver_config
 from solvers.runtime import build_datamodule, register_resolvers, run_entry
+from solvers.validate_config import validate_config
 
 log = logging.getLogger("evaluate")
 register_resolvers()
@@ -43,6 +44,7 @@ def restore_checkpoint(cfg: DictConfig) -> tuple[Path, dict]:
 
 def evaluate(cfg: DictConfig) -> list[dict]:
     """Run the test loop of the solver on ``cfg.split``; returns the table rows written."""
+    validate_config(cfg)  # every value's type and range, before anything heavy
     path, state = restore_checkpoint(cfg)  # first: the trained solver config shapes the data
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)

@@ -26,6 +26,7 @@ from solvers.runtime import (
     register_resolvers,
     run_entry,
 )
+from solvers.validate_config import validate_config
 
 log = logging.getLogger("train")
 register_resolvers()
@@ -33,6 +34,7 @@ register_resolvers()
 
 def train(cfg: DictConfig) -> dict:
     """Fit the configured solver on the configured dataset; returns the final logged metrics."""
+    validate_config(cfg)  # every value's type and range, before anything heavy
     run_dir = Path(cfg.run.dir)
     check_cluster(cfg)  # trainer vs cluster config vs SLURM allocation, before anything heavy
     L.seed_everything(cfg.seed, workers=True)
