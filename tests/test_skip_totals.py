@@ -123,3 +123,27 @@ def test_skip_totals_reach_metrics_train_log_and_tables(
         in (eval_dir / "results.md").read_text()
     )
     assert "not_a_tar=1" in json.loads((eval_dir / "results.json").read_text())["notes"]
+
+
+def test_ddp_sums_the_ranks_and_a_rank_with_only_a_bad_shard_keeps_training(
+    one_good_one_bad: Path, tmp_path: Path
+) -> None:
+    """2 ranks x 1 worker: rank 1's only shard is the bad one; it reads the good one instead, and
+    rank 0 (which met no bad shard) logs rank 1's count."""
+    run(
+        "train.py",
+        f"dataset.root={one_good_one_bad}",
+        f"paths.runs_dir={tmp_path}",
+        "logger=csv",
+        "trainer=ddp",
+        "trainer.max_steps=4",
+        "+trainer.limit_val_batches=0",
+        "loader.batch_size=2",
+        "loader.num_workers=1",
+        "loader.train_batches_per_epoch=2",
+    )
+    (run_dir,) = tmp_path.iterdir()
+    with next(run_dir.glob("logs/version_*/metrics.csv")).open() as f:
+        logged = [row for row in csv.DictReader(f) if row.get("data/skipped")]
+    assert len(logged) == 2 and all(float(row["data/skipped_not_a_tar"]) == 1 for row in logged)
+    assert "not_a_tar=1" in (run_dir / "train.log").read_text().strip().splitlines()[-1]
