@@ -35,12 +35,12 @@ def add_bad_shard(root: Path, split: str) -> Path:
 
 @pytest.fixture(scope="module")
 def one_good_one_bad(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One good and one bad train shard (and a bad test shard beside a good one)."""
+    """One good and one bad train shard (and a bad valid and test shard beside a good one)."""
     root = write_toy_dataset(
         tmp_path_factory.mktemp("half_bad"), {"train": 3, "valid": 2, "test": 3}, per_shard=3
     )
-    add_bad_shard(root, "train")
-    add_bad_shard(root, "test")
+    for split in ("train", "valid", "test"):
+        add_bad_shard(root, split)
     return root
 
 
@@ -111,10 +111,21 @@ def test_skip_totals_reach_metrics_train_log_and_tables(
     (run_dir,) = tmp_path.iterdir()
     with next(run_dir.glob("logs/version_*/metrics.csv")).open() as f:
         rows = list(csv.DictReader(f))
-    logged = [row for row in rows if row.get("data/skipped")]
-    assert logged and all(float(row["data/skipped_not_a_tar"]) == 1 for row in logged)
-    last_line = (run_dir / "train.log").read_text().strip().splitlines()[-1]
-    assert "skipped training samples (all loader workers and ranks): not_a_tar=1" in last_line
+    # 4 steps of 3-batch epochs: 2 epoch ends (the last at max_steps), 1 validation pass
+    for metric, times in (("data/skipped", 2), ("data/valid_skipped", 1)):
+        logged = [row for row in rows if row.get(metric)]
+        assert len(logged) == times
+        assert all(float(row[f"{metric}_not_a_tar"]) == 1 for row in logged)
+    assert (
+        (run_dir / "train.log")
+        .read_text()
+        .strip()
+        .splitlines()[-1]
+        .endswith(
+            "skipped samples (all loader workers and ranks): "
+            "training not_a_tar=1; last validation not_a_tar=1"
+        )
+    )
 
     run("evaluate.py", *common, f"checkpoint={run_dir}/checkpoints/last.ckpt")
     (eval_dir,) = (tmp_path / "eval").iterdir()
