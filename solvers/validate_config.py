@@ -122,6 +122,11 @@ def devices(value: object) -> bool:
     return integer(1, extra=(-1,))(value)
 
 
+def int_list(low: int) -> Callable:
+    """A non-empty list of integers >= ``low``."""
+    return lambda v: isinstance(v, list) and bool(v) and all(integer(low)(x) for x in v)
+
+
 def batch_limit(value: object) -> bool:
     return value is None or integer(0)(value) or (isinstance(value, float) and 0 <= value <= 1)
 
@@ -223,6 +228,50 @@ RULES: tuple[Rule, ...] = (
     Rule("solver.module.decode_batch_size", POSITIVE_INT, integer(1)),
     Rule("solver.module.shift_position_init", "true or false", is_bool),
     Rule("solver.module.constrained_decoding", "true or false", is_bool),
+    *(
+        Rule(f"solver.module.{key}", POSITIVE_INT, integer(1))
+        for key in (
+            "codec.n_filters",
+            "codec.dimension",
+            "codec.n_q",
+            "discriminator.filters",
+            "lm.n_q",
+            "lm.dim",
+            "lm.num_heads",
+            "lm.num_layers",
+            "lm.ffn_dim",
+            "text.max_length",
+            "model.d_model",
+            "model.num_heads",
+            "model.head_dim",
+            "model.d_ff",
+            "model.num_encoder_layers",
+            "model.num_decoder_layers",
+        )
+    ),
+    Rule("solver.module.codec.bins", "an integer >= 2 (codebook size)", integer(2)),
+    Rule("solver.module.codec.lstm", "an integer >= 0 (LSTM layers)", integer(0)),
+    Rule("solver.module.codec.causal", "true or false", is_bool),
+    Rule("solver.module.codec.ratios", "a list of integers >= 1", int_list(1)),
+    Rule("solver.module.lm.delays", "a list of integers >= 0, one per codebook", int_list(0)),
+    Rule("solver.module.codebooks", "a list of codebook counts >= 1", int_list(1)),
+    *(
+        Rule(f"solver.module.losses.{key}", "a loss weight >= 0", number(0))
+        for key in ("adv", "feat", "msspec", "l1")
+    ),
+    Rule("solver.module.balancer.total_norm", "a number > 0", number(0, open_low=True)),
+    Rule("solver.module.balancer.ema_decay", PROBABILITY, number(0, 1)),
+    Rule("cluster.nodes", POSITIVE_INT, integer(1)),
+    Rule("cluster.tasks_per_node", POSITIVE_INT, integer(1)),
+    Rule("cluster.gpus_per_node", "an integer >= 0 or null", integer(0, extra=(None,))),
+    Rule("cluster.cpus_per_task", "an integer >= 1 or null", integer(1, extra=(None,))),
+    Rule("cluster.mem_gb", "a number > 0 or null", number(0, open_low=True, nullable=True)),
+    Rule("cluster.timeout_min", "a number of minutes >= 1", integer(1)),
+    Rule("cluster.signal_delay_s", "a number of seconds >= 0", integer(0)),
+    Rule("cluster.max_num_timeout", "an integer >= 0", integer(0)),
+    Rule("dataset.auto_prepare.minutes", "a number of minutes > 0", number(0, open_low=True)),
+    Rule("dataset.auto_prepare.seed", "an integer >= 0", integer(0)),
+    Rule("dataset.auto_prepare.sample_rate", "an integer sample rate >= 1000", integer(1000)),
 )
 
 
@@ -255,6 +304,17 @@ def _combinations(cfg: DictConfig) -> str | None:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         return (
             f"trainer.accelerator={accelerator} but this machine has no CUDA GPU: use trainer=cpu"
+        )
+    dim, heads = _value(cfg, "solver.module.lm.dim"), _value(cfg, "solver.module.lm.num_heads")
+    if is_int(dim) and is_int(heads) and dim % heads:
+        return (
+            f"solver.module.lm.dim={dim} must be a multiple of solver.module.lm.num_heads={heads}"
+        )
+    delays, n_q = _value(cfg, "solver.module.lm.delays"), _value(cfg, "solver.module.lm.n_q")
+    if isinstance(delays, list) and is_int(n_q) and len(delays) != n_q:
+        return (
+            f"solver.module.lm.delays={delays} needs one delay per codebook "
+            f"(solver.module.lm.n_q={n_q})"
         )
     segment, rate = (
         _value(cfg, "solver.data.segment_seconds"),

@@ -4,6 +4,8 @@ Hydra's compose API and the validator, and a handful through the real ``train.py
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 import subprocess
 import sys
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
 from musicgen.errors import UserError
 from solvers.runtime import register_resolvers
@@ -86,6 +89,41 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
     "solver.module.decode_batch_size": ("mt3", ["0", "abc"]),
     "solver.module.shift_position_init": ("mt3", ["maybe"]),
     "solver.module.constrained_decoding": ("mt3", ["maybe"]),
+    **{
+        f"solver.module.{key}": (solver, ["0", "-1", "2.5", "abc"])
+        for solver, keys in (
+            ("compression", ["codec.n_filters", "codec.dimension", "codec.n_q"]),
+            ("compression", ["discriminator.filters"]),
+            ("musicgen", ["lm.n_q", "lm.dim", "lm.num_heads", "lm.num_layers", "lm.ffn_dim"]),
+            ("musicgen", ["text.max_length"]),
+            ("mt3", ["model.d_model", "model.num_heads", "model.head_dim", "model.d_ff"]),
+            ("mt3", ["model.num_encoder_layers", "model.num_decoder_layers"]),
+        )
+        for key in keys
+    },
+    "solver.module.codec.bins": ("compression", ["1", "abc"]),
+    "solver.module.codec.lstm": ("compression", ["-1", "abc"]),
+    "solver.module.codec.causal": ("compression", ["maybe"]),
+    "solver.module.codec.ratios": ("compression", ["[]", "[8,0]", "[8,2.5]", "8"]),
+    "solver.module.lm.delays": ("musicgen", ["[0,-1,2,3]", "[]", "abc"]),
+    "solver.module.codebooks": ("compression", ["[]", "[0]", "abc"]),
+    **{
+        f"solver.module.losses.{key}": ("compression", ["-1", "abc"])
+        for key in ("adv", "feat", "msspec", "l1")
+    },
+    "solver.module.balancer.total_norm": ("compression", ["0", "abc"]),
+    "solver.module.balancer.ema_decay": ("compression", ["1.5", "abc"]),
+    "cluster.nodes": ("compression", ["0", "abc"]),
+    "cluster.tasks_per_node": ("compression", ["0", "1.5"]),
+    "cluster.gpus_per_node": ("compression", ["-1", "abc"]),
+    "cluster.cpus_per_task": ("compression", ["0", "abc"]),
+    "cluster.mem_gb": ("compression", ["0", "abc"]),
+    "cluster.timeout_min": ("compression", ["0", "abc"]),
+    "cluster.signal_delay_s": ("compression", ["-1", "abc"]),
+    "cluster.max_num_timeout": ("compression", ["-1", "abc"]),
+    "dataset.auto_prepare.minutes": ("compression", ["0", "abc"]),
+    "dataset.auto_prepare.seed": ("compression", ["-1", "abc"]),
+    "dataset.auto_prepare.sample_rate": ("compression", ["0", "abc"]),
 }
 ADDED = {  # keys the trainer presets leave out: given with +
     "trainer.limit_train_batches": ("compression", ["-1", "1.5", "abc"]),
@@ -133,10 +171,24 @@ def test_shipped_configs_are_valid(config: str, overrides: list[str]) -> None:
     validate_config(composed(config, *overrides))
 
 
+@functools.cache
+def base_config(solver: str) -> DictConfig:
+    return composed("train", f"solver={solver}")
+
+
+def overridden(solver: str, override: str) -> DictConfig:
+    """``solver``'s train config with ``override`` parsed as Hydra parses the command line (one
+    composition per solver keeps the sweep fast)."""
+    (parsed,) = OverridesParser.create().parse_overrides([override])
+    cfg = copy.deepcopy(base_config(solver))
+    OmegaConf.update(cfg, parsed.key_or_group, parsed.value(), force_add=parsed.is_add())
+    return cfg
+
+
 @pytest.mark.parametrize(("solver", "override", "key"), CASES)
 def test_bad_value_is_one_sentence_naming_the_key(solver: str, override: str, key: str) -> None:
     with pytest.raises(UserError) as err:
-        validate_config(composed("train", f"solver={solver}", override))
+        validate_config(overridden(solver, override))
     message = str(err.value)
     assert message.startswith(f"{key}=") and "set it to" in message and "\n" not in message
 
@@ -161,6 +213,8 @@ def test_evaluate_config_is_checked_too(overrides: list[str], expected: str) -> 
         (["solver=compression", "trainer.accelerator=gpu"], "no CUDA GPU"),
         (["solver=compression", "solver.data.segment_seconds=1e-6"], "shorter than one sample"),
         (["solver=musicgen", "trainer.max_steps=-1"], "optim.cosine_steps=-1 is invalid"),
+        (["solver=musicgen", "solver.module.lm.num_heads=5"], "multiple of"),
+        (["solver=musicgen", "solver.module.lm.n_q=3"], "one delay per codebook"),
     ],
 )
 def test_bad_combinations(overrides: list[str], expected: str) -> None:
