@@ -33,7 +33,7 @@ from musicgen.compression import CodecConfig, CompressionModel
 from musicgen.conditioners.chroma import ChromaExtractor
 from musicgen.conditioners.chroma_cache import ChromaCache
 from musicgen.errors import UserError
-from musicgen.metrics.chroma_cosine import chroma_cosine_similarity
+from musicgen.metrics.chroma_cosine import ChromaCosineSimilarity, frames_for_samples
 from musicgen.metrics.clap import ClapScore, build_clap
 from musicgen.metrics.embeddings import build_embedder
 from musicgen.metrics.fad import frechet_distance
@@ -41,6 +41,7 @@ from musicgen.metrics.kl import KLDivergence, build_kl
 from musicgen.musicgen_model import GENERATION, MusicGen
 from musicgen.tables import Table
 from solvers import media
+from solvers.reduction import log_reduced, sum_tensors, sync_buffers_for_validation
 from solvers.schedules import ema_decay, lr_lambda
 
 OPTIM = {
@@ -288,6 +289,7 @@ class MusicGenSolver(L.LightningModule):
         self.chroma_cache = None
         self._embedder = None
         self._sums: dict[str, torch.Tensor] = {}
+        self._loss_sums = torch.zeros(0, dtype=torch.float64)
         self._clap: dict[str, ClapScore] = {}
         self._kl: dict[str, KLDivergence] = {}
 
@@ -356,22 +358,32 @@ class MusicGenSolver(L.LightningModule):
             valid = frames[None] < (batch["lengths"].to(codes.device)[:, None] + hop - 1) // hop
         return self.model.lm.compute_loss(codes, prefix, mask, valid)
 
-    def _log_loss(self, stage: str, out, batch_size: int) -> None:
-        sync = stage != "train"
-        metrics = {f"{stage}/ce": out.loss.detach(), f"{stage}/ppl": out.loss.detach().exp()}
-        for k, (ce, ppl) in enumerate(zip(out.ce_per_codebook, out.ppl_per_codebook, strict=True)):
-            metrics[f"{stage}/ce_q{k}"] = ce.detach()
-            metrics[f"{stage}/ppl_q{k}"] = ppl.detach()
-        self.log_dict(metrics, batch_size=batch_size, sync_dist=sync)
-        self.log(
-            f"{stage}/loss", out.loss.detach(), batch_size=batch_size, prog_bar=True, sync_dist=sync
-        )
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         size = batch["audio"].shape[0]
         out = self.loss(batch, self.dropout_masks(size))
-        self._log_loss("train", out, size)
+        loss, ce = out.loss.detach(), out.ce_per_codebook.detach()
+        self.log_dict(loss_metrics("train", loss, ce), batch_size=size)
+        self.log("train/loss", loss, batch_size=size, prog_bar=True)
         return out.loss
+
+    def _start_loss(self) -> None:
+        """Zero per-rank sums of the item-weighted CE (overall, then per codebook) and items."""
+        size = self.model.lm.config.n_q + 2
+        self._loss_sums = torch.zeros(size, dtype=torch.float64, device=self.device)
+
+    def _add_loss(self, out, size: int) -> None:
+        values = torch.cat([out.loss.detach()[None], out.ce_per_codebook.detach()]).double()
+        self._loss_sums += torch.cat([values * size, values.new_tensor([size])])
+
+    def _log_eval_loss(self, stage: str) -> None:
+        """Sum the loss sums over ranks (every rank calls this) and log the means over all items:
+        ``{stage}/loss``, ``ce``, ``ppl`` (exp of the mean CE) and per codebook."""
+        sums = self.trainer.strategy.reduce(self._loss_sums, reduce_op="sum")
+        if sums[-1] == 0:  # no rank had an item
+            return
+        means = (sums[:-1] / sums[-1]).float()
+        log_reduced(self, loss_metrics(stage, means[0], means[1:]))
+        log_reduced(self, {f"{stage}/loss": means[0]}, prog_bar=True)
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         if self.ema is not None:
@@ -419,23 +431,47 @@ class MusicGenSolver(L.LightningModule):
             stems = torch.nn.functional.pad(stems, (0, length - stems.shape[-1]))
         return self.model.melody_chroma(wav, stems)
 
+    def chroma_metrics(
+        self, batch: dict, outputs: dict[str, torch.Tensor]
+    ) -> dict[str, ChromaCosineSimilarity]:
+        """Chroma cosine of each output with the melody condition over each item's valid
+        frames, as AudioCraft counts them: ``ceil(samples / hop)`` of the item's valid samples
+        (its ``lengths`` entry, at most the output's length), so batch padding does not count."""
+        first = next(iter(outputs.values()))
+        count, length = first.shape[0], first.shape[-1]
+        reference = self.reference_chroma(batch, count, length)
+        samples = [min(int(n), length) for n in batch.get("lengths", [length] * count)[:count]]
+        hop = self.model.conditions.melody.chroma.hop
+        metrics = {}
+        for name, wav in outputs.items():
+            chroma = self.model.chroma(wav)
+            common = min(reference.shape[1], chroma.shape[1])
+            metrics[name] = ChromaCosineSimilarity()
+            frames = [min(frames_for_samples(n, hop), common) for n in samples]
+            metrics[name].update(reference, chroma, frames)
+        return metrics
+
     def chroma_scores(self, batch: dict, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
         """Chroma cosine (frame-weighted) of each output with the melody condition."""
-        first = next(iter(outputs.values()))
-        reference = self.reference_chroma(batch, first.shape[0], first.shape[-1])
         return {
-            name: chroma_cosine_similarity(reference, self.model.chroma(wav))
-            for name, wav in outputs.items()
+            name: metric.compute() for name, metric in self.chroma_metrics(batch, outputs).items()
         }
 
     # ---- validation ----------------------------------------------------------------------
 
+    def on_validation_epoch_start(self) -> None:
+        sync_buffers_for_validation(self)
+        self._start_loss()
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         size = batch["audio"].shape[0]
         with self.evaluated():
-            self._log_loss("valid", self.loss(batch), size)
+            self._add_loss(self.loss(batch), size)
             if batch_idx == 0 and self.global_rank == 0 and self.samples["count"] > 0:
                 self._validation_samples(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_loss("valid")
 
     def _validation_samples(self, batch: dict) -> None:
         count, duration = min(self.samples["count"], size_of(batch)), self.samples["duration"]
@@ -480,6 +516,7 @@ class MusicGenSolver(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._sums = {}
+        self._start_loss()
         hint = "solver.module.evaluation.{}=PATH"
         clap = build_clap(
             self.evaluation["clap_weights"],
@@ -510,12 +547,12 @@ class MusicGenSolver(L.LightningModule):
         lengths = [int(n) for n in batch.get("lengths", [batch["audio"].shape[-1]] * size)]
         duration = max(lengths) / self.model.sample_rate
         with self.evaluated():
-            self._log_loss("test", self.loss(batch), size)
+            self._add_loss(self.loss(batch), size)
             outputs = {"no_melody": self.generate(batch, duration, False)}
             if self.model.has_melody:
                 outputs = {"melody": self.generate(batch, duration, True), **outputs}
-                for name, score in self.chroma_scores(batch, outputs).items():
-                    self._add(f"cos:{name}", torch.tensor([score * size, float(size)]))
+                for name, metric in self.chroma_metrics(batch, outputs).items():
+                    self._add(f"cos:{name}", torch.tensor([metric.cosine_sum, metric.frames]))
         self._add_embeddings("reference", batch["audio"], lengths)
         for name, wavs in outputs.items():
             self._add_embeddings(name, wavs, lengths)
@@ -533,16 +570,15 @@ class MusicGenSolver(L.LightningModule):
                 setattr(metric, name, int(value) if name == "n" else value)
 
     def on_test_epoch_end(self) -> None:
-        self._sums = {
-            k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._sums.items()
-        }
+        self._log_eval_loss("test")
+        self._sums = sum_tensors(self._sums)  # a rank without items has none of the keys
         self._reduce_scores()
         for name in SYSTEMS:
             if f"cos:{name}" in self._sums:
-                total, count = self._sums[f"cos:{name}"].tolist()
-                self.log(f"test/chroma_cos_{name}", total / count, batch_size=int(count))
+                total, frames = self._sums[f"cos:{name}"].tolist()
+                log_reduced(self, {f"test/chroma_cos_{name}": total / frames})
             if f"fad_n:{name}" in self._sums:
-                self.log(f"test/fad_{name}", self.fad(name))
+                log_reduced(self, {f"test/fad_{name}": self.fad(name)})
 
     def _gaussian(self, key: str) -> tuple[np.ndarray, np.ndarray, int]:
         total, outer = self._sums[f"fad_sum:{key}"], self._sums[f"fad_outer:{key}"]
@@ -595,6 +631,16 @@ class MusicGenSolver(L.LightningModule):
         where = self.hparams.dataset_name or "the test set"
         title = f"Text-to-music on {where} (MusicGen Table 1 layout)"
         return [Table("musicgen_table1", title, rows + PAPER_ROWS, notes)]
+
+
+def loss_metrics(
+    stage: str, loss: torch.Tensor, ce_per_codebook: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``{stage}/ce``, ``{stage}/ppl`` and per codebook ``ce_q<k>``, ``ppl_q<k>`` (ppl = exp(CE))."""
+    metrics = {f"{stage}/ce": loss, f"{stage}/ppl": loss.exp()}
+    for k, ce in enumerate(ce_per_codebook):
+        metrics |= {f"{stage}/ce_q{k}": ce, f"{stage}/ppl_q{k}": ce.exp()}
+    return metrics
 
 
 def size_of(batch: dict) -> int:
