@@ -42,7 +42,7 @@ def load_checkpoint(
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error):
+        if "Unsupported global" in str(error):  # a class or function: code could run
             raise UserError(
                 f"{what} {file} holds objects other than tensors and plain values, which are "
                 f"never loaded (they could run code): {fix or 'pass a checkpoint written by train.py'}"
@@ -52,9 +52,10 @@ def load_checkpoint(
             f"{fix or 'pass a .ckpt written by train.py'}"
         ) from None
     except Exception as error:  # torch's parsers fail on garbage with many exception types
-        reason = first_line(error)
+        reason = first_line(error)  # some parsers fail with a bare number: no use to a reader
+        reason = f" ({reason})" if any(c.isalpha() for c in reason) else ""
         raise UserError(
-            f"{what} {file} cannot be read ({reason}): it is truncated or not a PyTorch "
+            f"{what} {file} cannot be read{reason}: it is truncated or not a PyTorch "
             f"checkpoint; {fix or 'pass a complete .ckpt written by train.py'}"
         ) from None
     if not isinstance(state, dict):

@@ -182,3 +182,22 @@ def test_train_py_refuses_to_resume_from_a_bad_last_checkpoint(
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: ") and str(last) in line and "run.resume=false" in line
     assert "Traceback" not in result.stderr and "weights_only" not in result.stderr
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_messages_tell_damage_from_code(tmp_path: Path) -> None:
+    """Random bytes are a damaged file; a pickled function is refused as code; neither message
+    passes on torch's advice to load with weights_only=False."""
+    from musicgen.checkpoint_io import load_checkpoint
+
+    garbage, code = tmp_path / "garbage.ckpt", tmp_path / "code.ckpt"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4000))
+    torch.save({"state_dict": {}, "x": _RunsCode()}, code)
+    for path, words in ((garbage, "not a PyTorch checkpoint"), (code, "could run code")):
+        with pytest.raises(UserError, match=words) as caught:
+            load_checkpoint(path)
+        assert "weights_only" not in str(caught.value)
