@@ -193,29 +193,48 @@ def reduced_skips(trainer: L.Trainer, module: L.LightningModule, loader: object)
     return dict(zip(SKIP_REASONS, (int(v) for v in values.tolist()), strict=True))
 
 
+def _as_metrics(prefix: str, counts: dict[str, int]) -> dict[str, float]:
+    """``{prefix}_<reason>`` for the non-zero reasons and ``prefix`` for their sum."""
+    metrics = {f"{prefix}_{r}": float(n) for r, n in counts.items() if n}
+    return {**metrics, prefix: float(sum(counts.values()))}
+
+
 class SkipReport(L.Callback):
     """Skipped samples by reason, summed over loader workers and ranks.
 
     Training totals are logged as ``data/skipped_<reason>`` (non-zero reasons) and
-    ``data/skipped`` at each epoch end and written to the log (``train.log``) when training ends;
-    the totals of the last test loop are kept in :attr:`test_skips` (evaluate.py's footnotes).
+    ``data/skipped`` at each epoch end, the skips of each validation pass as
+    ``data/valid_skipped_<reason>`` and ``data/valid_skipped``; both go to the log (the end of
+    ``train.log``) when training ends. The totals of the last test loop are kept in
+    :attr:`test_skips` (evaluate.py's footnotes).
     """
 
     def __init__(self) -> None:
         self.train_skips: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
+        self.valid_skips: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
         self.test_skips: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
+        self._valid_before: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.train_skips = reduced_skips(trainer, pl_module, trainer.train_dataloader)
-        metrics = {f"data/skipped_{r}": float(n) for r, n in self.train_skips.items() if n}
-        metrics["data/skipped"] = float(sum(self.train_skips.values()))
-        pl_module.log_dict(metrics, rank_zero_only=True)
+        pl_module.log_dict(_as_metrics("data/skipped", self.train_skips), rank_zero_only=True)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the validation loader's stream is read again at each pass: its counts grow by a pass
+        totals = reduced_skips(trainer, pl_module, trainer.val_dataloaders)
+        self.valid_skips = {r: n - self._valid_before[r] for r, n in totals.items()}
+        self._valid_before = totals
+        if not trainer.sanity_checking:
+            pl_module.log_dict(
+                _as_metrics("data/valid_skipped", self.valid_skips), rank_zero_only=True
+            )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             log.info(
-                "skipped training samples (all loader workers and ranks): %s",
+                "skipped samples (all loader workers and ranks): training %s; last validation %s",
                 skip_summary(self.train_skips),
+                skip_summary(self.valid_skips),
             )
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
