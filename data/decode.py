@@ -20,7 +20,7 @@ import torch
 from data.shards import STEMS
 from data.tar_reader import RawSample
 from musicgen.audio import convert_audio, fit_length
-from musicgen.notes import crop_notes, notes_from_midi_bytes
+from musicgen.notes import crop_notes, notes_from_midi_bytes, trim_overlapping_notes, window_notes
 
 AUDIO_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
 FIELDS = ("audio", "stems", "notes", "caption")
@@ -37,6 +37,9 @@ class SkipSample(Exception):
 
 
 SILENCE_DB = -70.0  # crops whose mix RMS is at or below this (dBFS) are skipped as silent
+# MT3 rounds note times to 10 ms steps counted from the crop start rounded down, so an onset or
+# offset up to 15 ms before a crop can belong to its target: crops keep notes from 20 ms before.
+NOTE_LEAD_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -137,12 +140,24 @@ def wanted_members(spec: SampleSpec) -> Callable[[str], bool]:
     return wanted.__contains__
 
 
+def _crop_notes(notes: np.ndarray, start: int, frames: int, rate: int, crop: str) -> np.ndarray:
+    """The notes of a crop in track time. A whole file (``crop="none"``) keeps its notes as
+    they are, clipped to the audio; a crop keeps them unclipped after trimming same-pitch
+    overlaps over the whole track (MT3's training cleanup, done before cutting as MT3 does),
+    with :data:`NOTE_LEAD_SECONDS` of notes before it."""
+    t0, t1 = start / rate, (start + frames) / rate
+    if crop == "none":
+        return crop_notes(notes, t0, t1)
+    return window_notes(trim_overlapping_notes(notes), t0, t1, lead=NOTE_LEAD_SECONDS)
+
+
 def decode_sample(raw: RawSample, spec: SampleSpec, rng: np.random.Generator) -> dict:
     """Turn a raw sample into ``{"key", "audio", "start", ["stems"], ["notes"], ["caption"], "meta"}``.
 
     Audio is cut to the spec's segment (stems and notes at the same position), converted to the
-    spec's rate and channels; ``start`` is the crop's start time in the file, in seconds. Raises
-    :class:`SkipSample` for any unusable sample.
+    spec's rate and channels; ``start`` is the crop's start time in the file, in seconds, and
+    ``notes`` are in track time (see :func:`_crop_notes`). Raises :class:`SkipSample` for any
+    unusable sample.
     """
     meta = _metadata(raw, required="caption" in spec.fields)
     audio_ext = _audio_member(raw)
@@ -187,8 +202,7 @@ def decode_sample(raw: RawSample, spec: SampleSpec, rng: np.random.Generator) ->
             notes = notes_from_midi_bytes(raw["mid"])
         except ValueError as err:
             raise SkipSample("malformed_midi", str(err)) from err
-        t0 = start / native_rate
-        out["notes"] = torch.from_numpy(crop_notes(notes, t0, t0 + frames / native_rate))
+        out["notes"] = torch.from_numpy(_crop_notes(notes, start, frames, native_rate, spec.crop))
     if "caption" in spec.fields:
         caption = meta.get("caption")
         if not isinstance(caption, str) or not caption.strip():

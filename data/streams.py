@@ -83,11 +83,13 @@ def decoded_samples(
 def collate(samples: list[dict]) -> dict:
     """Stack tensors of equal shape; keys, captions, notes and metadata stay per-item lists.
 
-    ``start`` holds each item's crop start time in seconds, float32 (B,). Whole-file evaluation
-    batches with unequal lengths are zero-padded and get ``lengths``.
+    ``start`` holds each item's crop start time in seconds, float64 (B,): exact enough to place
+    the crop on MT3's 10 ms grid at any offset into a long file (float32 is not). Notes are in
+    track time. Whole-file evaluation batches with unequal lengths are zero-padded and get
+    ``lengths``.
     """
     batch: dict = {"key": [s["key"] for s in samples], "meta": [s["meta"] for s in samples]}
-    batch["start"] = torch.tensor([s["start"] for s in samples], dtype=torch.float32)
+    batch["start"] = torch.tensor([s["start"] for s in samples], dtype=torch.float64)
     lengths = [s["audio"].shape[-1] for s in samples]
     longest = max(lengths)
     for field in ("audio", "stems"):

@@ -5,6 +5,10 @@ A note array is a float64 ``numpy`` array of shape ``(N, 8)``; the columns are n
 crop it was cut from (the transcription tokenizer emits it in the tie prefix), ``tied_end`` a
 note that was still sounding at the end of the crop. Drums are onset events: their ``end`` is
 kept for reference but a drum note belongs to a crop only when its onset does.
+
+Two ways to cut a crop: :func:`crop_notes` shifts the notes to crop time and clips them;
+:func:`window_notes` keeps them in track time, unclipped, for consumers (MT3's tokenizer) that
+need the exact times of the track.
 """
 
 from __future__ import annotations
@@ -64,6 +68,41 @@ def crop_notes(notes: np.ndarray, start: float, end: float) -> np.ndarray:
     out[:, TIED_END] = np.where(pitched & (out[:, END] > end), 1.0, out[:, TIED_END])
     out[:, START] = np.clip(out[:, START], start, end) - start
     out[:, END] = np.clip(out[:, END], start, end) - start
+    return out
+
+
+def trim_overlapping_notes(notes: np.ndarray) -> np.ndarray:
+    """MT3's training-time cleanup: for each (pitch, program, is_drum), a note that is still
+    sounding when the next one (by onset) starts ends there; notes left with no length are
+    dropped. Trimming a trimmed array changes nothing."""
+    out = np.array(notes, dtype=np.float64, copy=True).reshape(-1, len(NOTE_FIELDS))
+    order = np.lexsort((out[:, START], out[:, IS_DRUM], out[:, PROGRAM], out[:, PITCH]))
+    for prev, cur in zip(order[:-1], order[1:], strict=True):
+        same = (out[prev, [PITCH, PROGRAM, IS_DRUM]] == out[cur, [PITCH, PROGRAM, IS_DRUM]]).all()
+        if same and out[prev, END] > out[cur, START]:
+            out[prev, END] = out[cur, START]
+    return out[out[:, START] < out[:, END]]
+
+
+def window_notes(notes: np.ndarray, start: float, end: float, lead: float = 0.0) -> np.ndarray:
+    """The notes of the crop ``[start, end)`` in track time, unclipped.
+
+    Pitched notes sounding in ``[start - lead, end)`` and drum hits with their onset there are
+    kept (``lead`` keeps notes that ended or drum hits that came just before the crop);
+    ``tied_start`` / ``tied_end`` mark the pitched notes that start before ``start`` / end
+    after ``end``.
+    """
+    lo = start - lead
+    drum = notes[:, IS_DRUM] > 0
+    keep = np.where(
+        drum,
+        (notes[:, START] >= lo) & (notes[:, START] < end),
+        (notes[:, START] < end) & (notes[:, END] > lo),
+    )
+    out = notes[keep].copy()
+    pitched = out[:, IS_DRUM] == 0
+    out[:, TIED_START] = np.where(pitched & (out[:, START] < start), 1.0, 0.0)
+    out[:, TIED_END] = np.where(pitched & (out[:, END] > end), 1.0, 0.0)
     return out
 
 

@@ -1,9 +1,11 @@
 """``solver=mt3``: MT3 multi-instrument transcription (log-mel frames in, MIDI-like tokens out).
 
 Training: teacher-forced cross-entropy (plus t5x's z-loss, ``z_loss * logsumexp(logits)^2``)
-on random 256-frame crops; the targets of a crop come from its notes through
-:func:`musicgen.transcription.segment_tokens`. Validation and test decode whole pieces
-(``eval_crop: none``) greedily, stitch the segments and score them with MT3's metrics
+on random 256-frame crops; the targets of a crop come from its notes (in track time) and its
+start through :func:`musicgen.transcription.crop_tokens`, on MT3's 10 ms grid. A crop whose
+target is longer than ``max_target_length`` is not trained on (MT3 refuses such targets); the
+count is logged as ``train/skipped_long_targets`` (per epoch). Validation and test decode
+whole pieces (``eval_crop: none``) greedily, stitch the segments and score them with MT3's metrics
 (:mod:`musicgen.metrics.transcription`), logged as ``{stage}/<metric>`` (dataset score = mean
 over the tracks of all ranks, gathered at the epoch end; the test tables list every track). The first validation piece's piano rolls and transcribed MIDI are written under
 ``<log dir>/media`` and sent to W&B or TensorBoard when that is the logger.
@@ -33,8 +35,8 @@ from musicgen.transcription.segments import (
     HOP_LENGTH,
     SAMPLE_RATE,
     SEGMENT_SAMPLES,
+    crop_tokens,
     notes_to_segment_tokens,
-    segment_tokens,
 )
 from musicgen.transcription.transcriber import transcribe_track
 from musicgen.transcription.vocabulary import (
@@ -145,17 +147,23 @@ class MT3Solver(L.LightningModule):
         self._media_dir: Path | None = None
         self.test_scores: dict[str, float] = {}
 
-    def _targets(self, notes: list[torch.Tensor], num_samples: int) -> torch.Tensor:
+    def _targets(
+        self, notes: list[torch.Tensor], starts: torch.Tensor, num_samples: int
+    ) -> tuple[torch.Tensor, int]:
+        """Padded targets of the crops (notes in track time, crops starting at ``starts``
+        seconds, ``num_samples`` long) and how many were skipped: a target longer than
+        ``max_target_length`` is left all PAD (no loss) rather than cut, as MT3 refuses them."""
+        seconds = num_samples / SAMPLE_RATE
         rows = [
-            segment_tokens(n.cpu().numpy(), 0, num_samples, self.hparams.granularity)[
-                : self.hparams.max_target_length
-            ]
-            for n in notes
+            crop_tokens(n.cpu().numpy(), start, start + seconds, self.hparams.granularity)
+            for n, start in zip(notes, starts.tolist(), strict=True)
         ]
-        targets = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
+        kept = [row for row in rows if len(row) <= self.hparams.max_target_length]
+        targets = torch.full((len(rows), max(map(len, kept), default=1)), PAD_ID, dtype=torch.long)
         for i, row in enumerate(rows):
-            targets[i, : len(row)] = torch.from_numpy(row)
-        return targets.to(self.device)
+            if len(row) <= self.hparams.max_target_length:
+                targets[i, : len(row)] = torch.from_numpy(row)
+        return targets.to(self.device), len(rows) - len(kept)
 
     def _loss(
         self, frames: torch.Tensor, targets: torch.Tensor
@@ -172,12 +180,20 @@ class MT3Solver(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         audio = fit_length(batch["audio"].mean(dim=1), SEGMENT_SAMPLES)
-        loss, accuracy = self._loss(
-            self.frontend(audio), self._targets(batch["notes"], SEGMENT_SAMPLES)
-        )
+        targets, skipped = self._targets(batch["notes"], batch["start"], SEGMENT_SAMPLES)
+        loss, accuracy = self._loss(self.frontend(audio), targets)
         size = audio.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/accuracy", accuracy, batch_size=size)
+        self.log(
+            "train/skipped_long_targets",
+            float(skipped),
+            reduce_fx="sum",
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=size,
+        )
         return loss
 
     def _piece_loss(self, samples: torch.Tensor, notes: np.ndarray) -> torch.Tensor:

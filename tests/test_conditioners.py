@@ -427,7 +427,7 @@ def test_batches_carry_the_crop_start(toy_dataset: Path) -> None:
     crops = SampleSpec(16000, segment_seconds=1.0, fields=("audio", "stems"), crop="random")
     full = {s["key"]: s for s in toy_samples(toy_dataset, "valid", whole)}
     batch = collate(toy_samples(toy_dataset, "valid", crops))
-    assert batch["start"].dtype == torch.float32 and batch["start"].shape == (len(batch["key"]),)
+    assert batch["start"].dtype == torch.float64 and batch["start"].shape == (len(batch["key"]),)
     assert batch["start"].max() > 0
     for i, key in enumerate(batch["key"]):
         first = round(batch["start"][i].item() * 16000)

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen.notes import crop_notes
+from musicgen.notes import window_notes
 from musicgen.transcription import EOS_ID, PAD_ID, segment_tokens, token
 from solvers.transcription import MT3Solver, init_shifts_from_positions
 
@@ -45,16 +45,32 @@ def solver(**kwargs) -> MT3Solver:
 
 def test_training_step_targets_are_the_crops_tokens() -> None:
     mt3 = solver()
-    crop = torch.from_numpy(crop_notes(NOTES, 1.1, 1.1 + 2.048))
-    batch = {"audio": torch.randn(2, 1, 32768) * 0.1, "notes": [crop, torch.from_numpy(NOTES[:0])]}
-    targets = mt3._targets(batch["notes"], 32768)
-    expected = segment_tokens(crop.numpy(), 0, 32768)
-    assert targets[0, : len(expected)].tolist() == expected.tolist()
+    crop = torch.from_numpy(window_notes(NOTES, 1.1, 1.1 + 2.048, lead=0.02))
+    batch = {
+        "audio": torch.randn(2, 1, 32768) * 0.1,
+        "notes": [crop, torch.from_numpy(NOTES[:0])],
+        "start": torch.tensor([1.1, 0.0], dtype=torch.float64),
+    }
+    targets, skipped = mt3._targets(batch["notes"], batch["start"], 32768)
+    expected = segment_tokens(NOTES, 17600, 17600 + 32768)  # the crop's span of the track
+    assert skipped == 0 and targets[0, : len(expected)].tolist() == expected.tolist()
     assert token("tie") in expected.tolist()
     assert targets[1, :2].tolist() == [token("tie"), EOS_ID] and targets[1, 2:].eq(PAD_ID).all()
     loss = mt3.training_step(batch, 0)
     loss.backward()
     assert torch.isfinite(loss) and mt3.model.decoder.logits_dense.weight.grad is not None
+
+
+def test_targets_longer_than_the_limit_are_skipped_not_cut() -> None:
+    mt3 = solver(max_target_length=4)
+    dense = torch.from_numpy(NOTES)  # its target has more than 4 tokens
+    starts = torch.tensor([0.0, 5.0], dtype=torch.float64)
+    targets, skipped = mt3._targets([dense, dense], starts, 32768)
+    assert skipped == 1
+    assert targets[0].eq(PAD_ID).all()  # no loss on it
+    assert targets[1].tolist() == [token("tie"), EOS_ID]  # nothing sounds after 5 s
+    batch = {"audio": torch.randn(1, 1, 32768), "notes": [dense], "start": starts[:1]}
+    assert mt3.training_step(batch, 0).item() == 0.0
 
 
 def test_whole_piece_evaluation_reports_mt3_metrics() -> None:

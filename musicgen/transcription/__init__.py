@@ -7,11 +7,13 @@ Typical use::
     decoded.notes, decoded.invalid, decoded.dropped
 """
 
+from musicgen.notes import trim_overlapping_notes
 from musicgen.transcription.segments import (
     HOP_LENGTH,
     SAMPLE_RATE,
     SEGMENT_FRAMES,
     SEGMENT_SAMPLES,
+    crop_tokens,
     notes_to_segment_tokens,
     num_segments,
     origin_step,
@@ -20,6 +22,7 @@ from musicgen.transcription.segments import (
     segment_start_times,
     segment_tokens,
     stitch_segments,
+    time_step,
 )
 from musicgen.transcription.tokenize import (
     DEFAULT_VELOCITY,
@@ -27,7 +30,7 @@ from musicgen.transcription.tokenize import (
     NoteDecoder,
     notes_to_tokens,
     tokens_to_notes,
-    trim_overlapping_notes,
+    window_tokens,
 )
 from musicgen.transcription.vocabulary import (
     EOS_ID,
@@ -72,6 +75,7 @@ __all__ = [
     "NoteDecoder",
     "bin_to_velocity",
     "codec_range",
+    "crop_tokens",
     "decode_event",
     "encode_event",
     "map_program",
@@ -84,9 +88,11 @@ __all__ = [
     "segment_start_times",
     "segment_tokens",
     "stitch_segments",
+    "time_step",
     "token",
     "token_name",
     "tokens_to_notes",
     "trim_overlapping_notes",
     "velocity_to_bin",
+    "window_tokens",
 ]

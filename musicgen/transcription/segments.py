@@ -6,21 +6,21 @@ segment's tokens count time from its *token origin*: the start rounded down to t
 ``floor(start_sample * 100 / 16000)`` steps (MT3 rounds the decoding start time down the same
 way). A segment holds the events whose rounded step lies between its origin and the next
 segment's origin, which is how MT3 slices one track's event stream into segments.
+
+Training crops start anywhere: :func:`crop_tokens` gives the target of a crop from its start
+and end in seconds and the notes in track time, on the same grid (MT3's random chunks start on
+its frame grid, where this is the same rule).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from musicgen.notes import END, START, TIED_END, TIED_START, crop_notes
-from musicgen.transcription.tokenize import (
-    DecodedNotes,
-    NoteDecoder,
-    notes_to_tokens,
-    trim_overlapping_notes,
-)
+from musicgen.notes import trim_overlapping_notes
+from musicgen.transcription.tokenize import DecodedNotes, NoteDecoder, window_tokens
 from musicgen.transcription.vocabulary import STEPS_PER_SECOND, Granularity
 
 SAMPLE_RATE = 16_000
@@ -55,25 +55,11 @@ def segment_origin_times(n_segments: int) -> np.ndarray:
     return np.asarray(steps, dtype=np.float64) / STEPS_PER_SECOND
 
 
-def _segment_notes(notes: np.ndarray, first: int, last: int) -> np.ndarray:
-    """Notes of the events whose 10 ms step lies in ``[first, last)``, in seconds from step
-    ``first``, with ``tied_start`` / ``tied_end`` set by :func:`musicgen.notes.crop_notes`.
-
-    Before cropping, every time is pulled halfway towards the centre of its step (MT3 rounds
-    ``t * 100`` half to even): steps and the order of events are kept, and no time is left
-    near a half step, so cropping at half steps puts each event where MT3 puts it.
-    """
-    warped = np.array(notes, dtype=np.float64, copy=True)
-    scaled = warped[:, [START, END]] * STEPS_PER_SECOND
-    steps = np.rint(scaled)
-    warped[:, [START, END]] = (steps + (scaled - steps) / 2) / STEPS_PER_SECOND
-    half_step = 0.5 / STEPS_PER_SECOND
-    lo, hi = first / STEPS_PER_SECOND - half_step, last / STEPS_PER_SECOND - half_step
-    out = crop_notes(warped, lo, hi)
-    out[:, [START, END]] -= half_step
-    out[:, START] = np.where(out[:, TIED_START] > 0, 0.0, out[:, START])
-    out[:, END] = np.where(out[:, TIED_END] > 0, (last - first) / STEPS_PER_SECOND, out[:, END])
-    return out
+def time_step(seconds: float) -> int:
+    """The 10 ms step at or before ``seconds``. A time that is a whole number of samples at any
+    audio rate lies on a step boundary or at least 1e-5 steps past it, so a float product a
+    hair below a boundary (``0.29 * 100 = 28.999999999999996``) counts as on it."""
+    return math.floor(seconds * STEPS_PER_SECOND + 1e-6)
 
 
 def segment_tokens(
@@ -87,19 +73,23 @@ def segment_tokens(
     ``[start_sample, end_sample)`` of a track whose notes are in track time; overlapping notes
     are trimmed first, as in MT3's training data."""
     first, last = origin_step(start_sample, sample_rate), origin_step(end_sample, sample_rate)
-    return notes_to_tokens(_segment_notes(trim_overlapping_notes(notes), first, last), granularity)
+    return window_tokens(trim_overlapping_notes(notes), [first, last], granularity)[0]
+
+
+def crop_tokens(
+    notes: np.ndarray, start: float, end: float, granularity: Granularity = "full"
+) -> np.ndarray:
+    """Training target of the crop ``[start, end)`` (seconds in the track) from the crop's notes
+    in track time, trimmed over the whole track (as :mod:`data.decode` cuts them)."""
+    return window_tokens(notes, [time_step(start), time_step(end)], granularity)[0]
 
 
 def notes_to_segment_tokens(
     notes: np.ndarray, n_segments: int, granularity: Granularity = "full"
 ) -> list[np.ndarray]:
     """Targets for the first ``n_segments`` consecutive segments of a track (notes in track time)."""
-    trimmed = trim_overlapping_notes(notes)
     origins = [origin_step(s) for s in segment_start_samples(n_segments + 1)]
-    return [
-        notes_to_tokens(_segment_notes(trimmed, origins[i], origins[i + 1]), granularity)
-        for i in range(n_segments)
-    ]
+    return window_tokens(trim_overlapping_notes(notes), origins, granularity)
 
 
 def stitch_segments(

@@ -1,20 +1,28 @@
 """Notes <-> MT3 tokens for one segment, re-deriving magenta/mt3's encoding and decoding.
 
-Encoding (``notes_to_tokens``), as MT3's ``note_sequences`` + ``run_length_encoding``:
+Encoding follows MT3's ``note_sequences`` + ``run_length_encoding`` chain:
 
-* A tie section opens the segment: one ``program, pitch`` pair per distinct (program, pitch)
-  of the pitched notes with ``tied_start`` (sorted by program, then pitch), then ``tie``.
-* Events follow in time order. Notes are first ordered by (is_drum, program, pitch); the offsets
-  of pitched notes are listed before all onsets, and a stable sort on the (unquantised) event
-  time puts them in time order, so at equal times offsets come before onsets and pitched onsets
-  before drum hits. Times are rounded to 10 ms steps (half to even).
-* A pitched onset is ``program, velocity 1, pitch``; an offset ``program, velocity 0, pitch``
-  (none for ``tied_end`` notes); a drum hit ``velocity 1, drum`` (drums have no offsets).
+* Each note gives an onset and (pitched notes only) an offset event. Notes are first ordered by
+  (is_drum, program, pitch); the offsets of pitched notes are listed before all onsets, and a
+  stable sort on the unrounded event time puts them in time order, so at equal times offsets
+  come before onsets and pitched onsets before drum hits. Each event's step is its time
+  rounded to 10 ms (``t * 100`` half to even).
+* A pitched onset is ``program, velocity 1, pitch``; an offset ``program, velocity 0, pitch``;
+  a drum hit ``velocity 1, drum`` (drums have no offsets).
+* A segment ``[first, last)`` (in steps) holds the events whose step lies in it, after a tie
+  section: one ``program, pitch`` pair per (program, pitch) sounding at step ``first`` (its
+  onset step before ``first``, its offset step not), sorted by program then pitch, then
+  ``tie``. Shifts count steps from ``first``.
 * Program tokens are mapped to the granularity (``flat`` drops them), then program and
   velocity tokens that repeat the current state are removed (state carried through the segment,
   tie section included), and each run of time steps becomes one ``shift`` holding the absolute
   number of steps since the segment start (split into chunks of at most 1000).
 * ``EOS`` ends the sequence.
+
+:func:`window_tokens` encodes windows of a track with notes in track time (MT3's training
+targets); :func:`notes_to_tokens` encodes notes already cut to one segment by
+:func:`musicgen.notes.crop_notes`, whose ``tied_start`` / ``tied_end`` flags stand for the tie
+state.
 
 Decoding (``NoteDecoder``, ``tokens_to_notes``) follows MT3's ``decode_events`` and
 ``decode_note_event``: it stops at ``EOS``; ids it cannot read (PAD, UNK, out of range) and
@@ -28,12 +36,22 @@ default). Times are kept in integer microseconds so that segment boundaries comp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, TIED_END, TIED_START, VELOCITY
+from musicgen.notes import (
+    END,
+    IS_DRUM,
+    NOTE_FIELDS,
+    PITCH,
+    PROGRAM,
+    START,
+    TIED_END,
+    TIED_START,
+    VELOCITY,
+)
 from musicgen.transcription.vocabulary import (
     EOS_ID,
     GRANULARITIES,
@@ -53,61 +71,49 @@ _US_PER_SECOND = 1_000_000
 _US_PER_STEP = _US_PER_SECOND // STEPS_PER_SECOND
 _MIN_NOTE_US = _US_PER_STEP  # minimum note length and drum-hit length: 10 ms
 
-
-def trim_overlapping_notes(notes: np.ndarray) -> np.ndarray:
-    """MT3's training-time cleanup: for each (pitch, program, is_drum), a note that is still
-    sounding when the next one starts ends there; notes left with no length are dropped."""
-    out = np.array(notes, dtype=np.float64, copy=True)
-    order = np.lexsort((out[:, START], out[:, IS_DRUM], out[:, PROGRAM], out[:, PITCH]))
-    for prev, cur in zip(order[:-1], order[1:], strict=True):
-        same = (out[prev, [PITCH, PROGRAM, IS_DRUM]] == out[cur, [PITCH, PROGRAM, IS_DRUM]]).all()
-        if same and out[prev, END] > out[cur, START]:
-            out[prev, END] = out[cur, START]
-    return out[out[:, START] < out[:, END]]
+Event = tuple[str, int]
 
 
-def _tie_section(notes: np.ndarray) -> list[tuple[str, int]]:
-    tied = notes[(notes[:, IS_DRUM] == 0) & (notes[:, TIED_START] > 0)]
-    keys = sorted({(int(n[PROGRAM]), int(n[PITCH])) for n in tied})
-    events = [ev for program, pitch in keys for ev in (("program", program), ("pitch", pitch))]
-    return [*events, ("tie", 0)]
+def _note_array(notes: np.ndarray) -> np.ndarray:
+    return np.asarray(notes, dtype=np.float64).reshape(-1, len(NOTE_FIELDS))
 
 
-def _timed_events(notes: np.ndarray) -> list[tuple[int, list[tuple[str, int]]]]:
-    """(step, events) per note onset/offset, in MT3's order."""
-    notes = notes[np.lexsort((notes[:, PITCH], notes[:, PROGRAM], notes[:, IS_DRUM]))]
-    times: list[float] = []
-    groups: list[list[tuple[str, int]]] = []
-    for n in notes:  # offsets of pitched notes first ...
-        if n[IS_DRUM] == 0 and n[TIED_END] == 0:
-            times.append(n[END])
-            groups.append([("program", int(n[PROGRAM])), ("velocity", 0), ("pitch", int(n[PITCH]))])
-    for n in notes:  # ... then onsets, pitched before drums
-        velocity = ("velocity", max(1, velocity_to_bin(int(n[VELOCITY]))))  # onsets never bin 0
-        if n[IS_DRUM] > 0:
-            times.append(n[START])
-            groups.append([velocity, ("drum", int(n[PITCH]))])
-        elif n[TIED_START] == 0:
-            times.append(n[START])
-            groups.append([("program", int(n[PROGRAM])), velocity, ("pitch", int(n[PITCH]))])
-    order = np.argsort(np.asarray(times, dtype=np.float64), kind="stable")
-    steps = np.rint(np.asarray(times, dtype=np.float64) * STEPS_PER_SECOND).astype(np.int64)
-    return [(int(steps[i]), groups[i]) for i in order]
+def _event_order(notes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MT3's order of the onsets and offsets of ``notes``: per event, the note index, whether it
+    is the note's offset, and its 10 ms step (non-decreasing)."""
+    by_key = np.lexsort((notes[:, PITCH], notes[:, PROGRAM], notes[:, IS_DRUM]))
+    pitched = by_key[notes[by_key, IS_DRUM] == 0]
+    index = np.concatenate([pitched, by_key])
+    is_offset = np.arange(len(index)) < len(pitched)
+    times = np.where(is_offset, notes[index, END], notes[index, START])
+    order = np.argsort(times, kind="stable")
+    steps = np.rint(times[order] * STEPS_PER_SECOND).astype(np.int64)
+    return index[order], is_offset[order], steps
 
 
-def notes_to_tokens(notes: np.ndarray, granularity: Granularity = "full") -> np.ndarray:
-    """Model-id tokens (ending with ``EOS``) for the notes of one segment.
+def _note_events(note: np.ndarray, is_offset: bool) -> list[Event]:
+    pitch, program = int(note[PITCH]), int(note[PROGRAM])
+    if is_offset:
+        return [("program", program), ("velocity", 0), ("pitch", pitch)]
+    velocity = ("velocity", max(1, velocity_to_bin(int(note[VELOCITY]))))  # onsets never bin 0
+    if note[IS_DRUM] > 0:
+        return [velocity, ("drum", pitch)]
+    return [("program", program), velocity, ("pitch", pitch)]
 
-    ``notes`` is a note array with times in seconds from the segment start, as cut by
-    :func:`musicgen.notes.crop_notes`: ``tied_start`` notes go to the tie section, ``tied_end``
-    notes get no offset. Notes should not overlap on the same (program, pitch); see
-    :func:`trim_overlapping_notes`.
-    """
+
+def _tie_section(sounding: Iterable[tuple[int, int]]) -> list[Event]:
+    """``program, pitch`` per sounding (program, pitch), sorted, then ``tie``."""
+    pairs = [
+        ev for program, pitch in sorted(sounding) for ev in (("program", program), ("pitch", pitch))
+    ]
+    return [*pairs, ("tie", 0)]
+
+
+def _encode(stream: list[tuple[int, Event]], granularity: Granularity) -> np.ndarray:
+    """Model ids for (step from the segment start, event) pairs in order: programs mapped,
+    redundant state changes removed, run-length shifts, ``EOS``."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown program granularity {granularity!r}; use one of {GRANULARITIES}")
-    notes = np.asarray(notes, dtype=np.float64).reshape(-1, 8)
-    stream = [(0, ev) for ev in _tie_section(notes)]
-    stream += [(step, ev) for step, group in _timed_events(notes) for ev in group]
     out: list[int] = []
     state: dict[str, int] = {}
     emitted_step = 0
@@ -129,6 +135,61 @@ def notes_to_tokens(notes: np.ndarray, granularity: Granularity = "full") -> np.
         out.append(token(kind, value))
     out.append(EOS_ID)
     return np.asarray(out, dtype=np.int64)
+
+
+def window_tokens(
+    notes: np.ndarray, bounds: Sequence[int], granularity: Granularity = "full"
+) -> list[np.ndarray]:
+    """Model ids (each ending with ``EOS``) of the consecutive windows ``[bounds[i],
+    bounds[i + 1])`` (10 ms steps, increasing) of a track whose notes are in track time.
+
+    The notes must not overlap on the same (program, pitch), as after
+    :func:`musicgen.notes.trim_overlapping_notes` over the whole track; notes whose events all
+    lie before a window only matter through the tie state. Flags are ignored.
+    """
+    notes = _note_array(notes)
+    index, is_offset, steps = _event_order(notes)
+    sounding: set[tuple[int, int]] = set()
+    walked = 0
+    out = []
+    for first, last in zip(bounds[:-1], bounds[1:], strict=True):
+        begin, stop = np.searchsorted(steps, [first, last], side="left")
+        for i, off in zip(index[walked:begin], is_offset[walked:begin], strict=True):
+            if notes[i, IS_DRUM] == 0:
+                key = (int(notes[i, PROGRAM]), int(notes[i, PITCH]))
+                (sounding.discard if off else sounding.add)(key)
+        walked = max(walked, begin)
+        stream = [(0, ev) for ev in _tie_section(sounding)]
+        stream += [
+            (int(steps[j]) - first, ev)
+            for j in range(begin, stop)
+            for ev in _note_events(notes[index[j]], bool(is_offset[j]))
+        ]
+        out.append(_encode(stream, granularity))
+    return out
+
+
+def notes_to_tokens(notes: np.ndarray, granularity: Granularity = "full") -> np.ndarray:
+    """Model-id tokens (ending with ``EOS``) for the notes of one segment.
+
+    ``notes`` is a note array with times in seconds from the segment start, as cut by
+    :func:`musicgen.notes.crop_notes`: ``tied_start`` notes go to the tie section, ``tied_end``
+    notes get no offset. Notes should not overlap on the same (program, pitch); see
+    :func:`musicgen.notes.trim_overlapping_notes`. Training targets come from
+    :func:`window_tokens`, which needs no flags.
+    """
+    notes = _note_array(notes)
+    index, is_offset, steps = _event_order(notes)
+    tied = (notes[:, IS_DRUM] == 0) & (notes[:, TIED_START] > 0)
+    keep = np.where(is_offset, notes[index, TIED_END] == 0, ~tied[index])
+    sounding = {(int(n[PROGRAM]), int(n[PITCH])) for n in notes[tied]}
+    stream = [(0, ev) for ev in _tie_section(sounding)]
+    stream += [
+        (int(step), ev)
+        for i, off, step in zip(index[keep], is_offset[keep], steps[keep], strict=True)
+        for ev in _note_events(notes[i], bool(off))
+    ]
+    return _encode(stream, granularity)
 
 
 @dataclass

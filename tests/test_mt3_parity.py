@@ -1,0 +1,219 @@
+"""MT3 training targets equal magenta/mt3's, crop for crop (issue 15, part 1).
+
+The reference is :mod:`tests.fixtures.mt3_reference`, an independent re-derivation of MT3's
+chain. Our side is the training path: :func:`data.decode._crop_notes` (notes of a crop in track
+time) and :func:`musicgen.transcription.crop_tokens` (what ``MT3Solver._targets`` calls).
+Notes are ``(start, end, pitch, velocity, program, is_drum)``; crops are 16 kHz frame ranges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data.decode import _crop_notes
+from musicgen.transcription import (
+    EOS_ID,
+    GRANULARITIES,
+    crop_tokens,
+    segment_origin_times,
+    segment_tokens,
+    time_step,
+    token,
+    token_name,
+)
+from tests.fixtures import mt3_reference as ref
+
+FRAME = 128  # samples per frame at 16 kHz
+RATE = 16_000
+
+
+def notes(*rows: tuple[float, ...]) -> np.ndarray:
+    out = np.zeros((len(rows), 8))
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def ours(track: np.ndarray, a: int, b: int, granularity: str = "full") -> list[int]:
+    """Our target of frames ``[a, b)``: the crop as the data pipeline cuts it, then tokenized."""
+    crop = _crop_notes(track, a * FRAME, (b - a) * FRAME, RATE, "random")
+    return crop_tokens(crop, a * FRAME / RATE, b * FRAME / RATE, granularity).tolist()
+
+
+def mt3(
+    track: np.ndarray, a: int, b: int, n_frames: int, granularity: str = "full", stale=True
+) -> list[int]:
+    stream = ref.encode(ref.trim(ref.rows(track)), n_frames, stale_ties=stale)
+    return ref.chunk_target(stream, a, b, n_frames, granularity)
+
+
+def names(tokens: list[int]) -> list[str]:
+    return [token_name(t) for t in tokens]
+
+
+# --- the issue's minimal reproductions --------------------------------------------------------
+
+REGRESSIONS = {
+    "off-grid crop: shifts count from the crop start rounded down": (
+        notes((0.9384113333163462, 4.1932729742299255, 98, 114, 48, 0)),
+        62,
+        "full",
+        ["tie", "shift 45", "program 48", "velocity 1", "pitch 98", "EOS"],
+    ),
+    "exact half step: absolute times are rounded, half to even": (
+        notes((3.245, 3.27, 76, 97, 32, 1)),
+        370,
+        "full",
+        ["tie", "shift 28", "velocity 1", "drum 76", "EOS"],
+    ),
+    "onset just before the crop rounds into it": (
+        notes((1.7979420070147152, 1.90782781566451, 22, 77, 65, 0)),
+        225,
+        "full",
+        ["tie", "program 65", "velocity 1", "pitch 22", "shift 11", "velocity 0", "pitch 22", "EOS"],
+    ),
+    "times one ulp apart keep their order": (
+        notes((6.138999999999999, 6.7355, 99, 115, 80, 0), (2.6189039808534504, 6.139, 92, 32, 0, 0)),
+        768,
+        "flat",
+        ["pitch 92", "tie", "velocity 1", "pitch 99", "velocity 0", "pitch 92", "shift 60", "pitch 99", "EOS"],
+    ),
+    "overlaps are trimmed over the whole track before cropping": (
+        notes((0.0, 5.0, 60, 100, 0, 0), (1.0, 2.0, 60, 100, 0, 0), (9.0, 9.5, 40, 100, 0, 0)),
+        375,
+        "full",
+        ["tie", "EOS"],  # the first note ends at 1.0, where the second starts
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", REGRESSIONS)
+def test_issue_reproductions(case: str) -> None:
+    track, frame, granularity, expected = REGRESSIONS[case]
+    end = frame + 256
+    assert names(ours(track, frame, end, granularity)) == expected
+    assert names(mt3(track, frame, end, 2000, granularity)) == expected
+    samples = segment_tokens(track, frame * FRAME, end * FRAME, granularity)
+    assert names(samples.tolist()) == expected
+
+
+def test_short_chunks_have_targets() -> None:
+    track = notes((0.9384113333163462, 4.1932729742299255, 98, 114, 48, 0))
+    assert segment_tokens(track, 0, 128).tolist() == [token("tie"), EOS_ID] == [1134, 1]
+    for a, b in [(0, 1), (117, 118), (117, 120), (500, 503)]:
+        assert ours(track, a, b) == mt3(track, a, b, 2000)
+
+
+def test_crop_start_steps_are_exact_at_any_offset() -> None:
+    assert time_step(0.29) == 29  # 0.29 * 100 == 28.999999999999996
+    for rate in (16_000, 22_050, 44_100, 48_000):
+        starts = np.arange(0, 3600 * rate, 997 * 37, dtype=np.int64)
+        got = [time_step(int(s) / rate) for s in starts]
+        assert got == (starts * 100 // rate).tolist()
+
+
+# --- randomized parity ------------------------------------------------------------------------
+
+
+def random_time(rng: np.random.Generator) -> float:
+    """A time in [0, 10] s, often on the 10 ms grid, a half step, a frame boundary, or one ulp
+    off one of those."""
+    kind = rng.integers(5)
+    if kind == 0:
+        t = rng.uniform(0, 10)
+    elif kind == 1:
+        t = rng.integers(1000) / 100
+    elif kind == 2:
+        t = (rng.integers(1000) + 0.5) / 100
+    elif kind == 3:
+        t = rng.integers(1250) / 125
+    else:
+        t = rng.integers(1000) * 0.01  # products, not quotients: often off by an ulp
+    if rng.random() < 0.2:
+        t = np.nextafter(t, np.inf if rng.random() < 0.5 else -np.inf)
+    return float(max(t, 0.0))
+
+
+def random_track(rng: np.random.Generator) -> np.ndarray:
+    rows = []
+    for _ in range(rng.integers(3, 50)):
+        start = random_time(rng)
+        end = random_time(rng) if rng.random() < 0.3 else start + rng.exponential(0.4)
+        if end <= start:
+            end = start + rng.choice([1e-3, 0.004, 0.01, 0.3])
+        end = min(end, 11.5)  # inside the audio (deviation (b) is tested on its own)
+        drum = rng.random() < 0.15
+        program = rng.choice([0, 1, 5, 33, 48, 49])
+        rows.append((start, end, rng.integers(36, 44), rng.integers(1, 128), program, drum))
+    return notes(*rows)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_random_crops_match_mt3(granularity: str) -> None:
+    """Thousands of crops (full, edge-length and 1-3 frame chunks): ours equal MT3's targets,
+    except segments starting after a track's last event, where MT3 repeats a stale tie state
+    (deviation (a), checked against the reference without it)."""
+    rng = np.random.default_rng(15)
+    n_frames = 1500  # 12 s: every event lies inside the audio
+    compared = stale = 0
+    for _ in range(60):
+        track = random_track(rng)
+        trimmed = ref.trim(ref.rows(track))
+        stream = ref.encode(trimmed, n_frames)
+        fresh = ref.encode(trimmed, n_frames, stale_ties=False)
+        for _ in range(60):
+            a = int(rng.integers(0, n_frames - 1))
+            length = 256 if rng.random() < 0.9 else int(rng.integers(1, 4))
+            b = min(a + length, n_frames)
+            got = ours(track, a, b, granularity)
+            assert got == ref.chunk_target(fresh, a, b, n_frames, granularity), (track, a, b)
+            if ref.frame_step(a) > stream.last_event_step:
+                stale += 1
+                continue
+            assert got == ref.chunk_target(stream, a, b, n_frames, granularity), (track, a, b)
+            compared += 1
+    assert compared >= 2500 and stale < compared / 4
+
+
+def test_segment_tokens_and_crop_tokens_agree() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        track = random_track(rng)
+        a = int(rng.integers(0, 1200))
+        expected = segment_tokens(track, a * FRAME, (a + 256) * FRAME).tolist()
+        assert ours(track, a, a + 256) == expected
+
+
+# --- where we deviate from MT3 on purpose (README: "Where our MT3 targets differ") --------------
+
+
+def test_deviation_a_no_stale_ties_after_the_last_event() -> None:
+    track = notes((0.5, 1.0, 60, 100, 0, 0))
+    # frame 250 (2.0 s) starts after the last event (the offset at step 100): MT3 repeats the
+    # tie state from before that step, with the ended note still sounding
+    assert names(mt3(track, 250, 506, 1250)) == ["program 0", "pitch 60", "tie", "EOS"]
+    assert names(ours(track, 250, 506)) == ["tie", "EOS"]
+
+
+def test_deviation_b_no_events_past_the_audio_end() -> None:
+    track = notes((0.5, 3.0, 60, 100, 0, 0))
+    # 2 s of audio (250 frames); MT3's last chunk takes the offset at 3.0 s, after the audio
+    assert names(mt3(track, 0, 250, 250)) == [
+        "tie", "shift 50", "program 0", "velocity 1", "pitch 60",
+        "shift 300", "velocity 0", "pitch 60", "EOS",
+    ]  # fmt: skip
+    assert names(ours(track, 0, 250)) == [
+        "tie", "shift 50", "program 0", "velocity 1", "pitch 60", "EOS",
+    ]  # fmt: skip
+
+
+def test_deviation_c_exact_segment_origins_at_inference() -> None:
+    # MT3 decodes segment i from t - t % 0.01, t its first frame time as float32 (widened to
+    # float64 by the NumPy 1.x it ran under): 10.24 s is 10.2399997..., which becomes 10.23
+    frame_times = (np.arange(16) * 256 / 125).astype(np.float32)
+    theirs = [float(t) - float(t) % 0.01 for t in frame_times]
+    origins = segment_origin_times(16)
+    assert origins[:6].tolist() == [0.0, 2.04, 4.09, 6.14, 8.19, 10.24]
+    early = [i for i in range(16) if origins[i] - theirs[i] > 0.005]
+    assert early == [5, 10, 15]
