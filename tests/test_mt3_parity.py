@@ -1,12 +1,16 @@
 """MT3 training targets equal magenta/mt3's, crop for crop (issue 15, part 1).
 
 The reference is :mod:`tests.fixtures.mt3_reference`, an independent re-derivation of MT3's
-chain. Our side is the training path: :func:`data.decode._crop_notes` (notes of a crop in track
+chain; with ``MT3_SOURCE`` naming a magenta/mt3 checkout, MT3's own code is run on the same
+crops too (:mod:`tests.fixtures.mt3_source`). Our side is the training path: :func:`data.decode._crop_notes` (notes of a crop in track
 time) and :func:`musicgen.transcription.crop_tokens` (what ``MT3Solver._targets`` calls).
 Notes are ``(start, end, pitch, velocity, program, is_drum)``; crops are 16 kHz frame ranges.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +27,7 @@ from musicgen.transcription import (
     token_name,
 )
 from tests.fixtures import mt3_reference as ref
+from tests.fixtures import mt3_source
 
 FRAME = 128  # samples per frame at 16 kHz
 RATE = 16_000
@@ -183,6 +188,49 @@ def test_segment_tokens_and_crop_tokens_agree() -> None:
         a = int(rng.integers(0, 1200))
         expected = segment_tokens(track, a * FRAME, (a + 256) * FRAME).tolist()
         assert ours(track, a, a + 256) == expected
+
+
+MT3_SOURCE = os.environ.get("MT3_SOURCE")
+
+
+@pytest.mark.skipif(
+    not MT3_SOURCE, reason="set MT3_SOURCE to a magenta/mt3 checkout to run MT3's own code"
+)
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_random_crops_match_mt3s_own_code(granularity: str) -> None:
+    """MT3's own functions agree with the reference everywhere (its stale ties included) and
+    with ours outside deviation (a)."""
+    mt3_modules = mt3_source.load(Path(MT3_SOURCE))
+    rng = np.random.default_rng(16)
+    n_frames = 1500
+    compared = 0
+    for _ in range(30):
+        track = random_track(rng)
+        stream = ref.encode(ref.trim(ref.rows(track)), n_frames)
+        chunks = []
+        for _ in range(40):
+            a = int(rng.integers(0, n_frames - 1))
+            chunks.append((a, min(a + (256 if rng.random() < 0.9 else 3), n_frames)))
+        theirs = mt3_source.chunk_targets(mt3_modules, track, n_frames, chunks, granularity)
+        for (a, b), target in zip(chunks, theirs, strict=True):
+            assert target == ref.chunk_target(stream, a, b, n_frames, granularity), (track, a, b)
+            if ref.frame_step(a) <= stream.last_event_step:
+                assert ours(track, a, b, granularity) == target, (track, a, b)
+                compared += 1
+    assert compared >= 900
+
+
+@pytest.mark.skipif(
+    not MT3_SOURCE, reason="set MT3_SOURCE to a magenta/mt3 checkout to run MT3's own code"
+)
+@pytest.mark.parametrize("case", REGRESSIONS)
+def test_issue_reproductions_with_mt3s_own_code(case: str) -> None:
+    track, frame, granularity, expected = REGRESSIONS[case]
+    mt3_modules = mt3_source.load(Path(MT3_SOURCE))
+    (target,) = mt3_source.chunk_targets(
+        mt3_modules, track, 2000, [(frame, frame + 256)], granularity
+    )
+    assert names(target) == expected
 
 
 # --- where we deviate from MT3 on purpose (README: "Where our MT3 targets differ") --------------
