@@ -1,5 +1,6 @@
 """Evaluation under DDP: MT3's scores and tables on 2 processes equal those of 1 process exactly,
-and a rank without validation or test samples neither crashes nor hangs (compression and MT3).
+and a rank without validation or test samples neither crashes nor hangs (compression, MT3 and,
+in validation, MusicGen).
 
 The 2-process runs use Lightning's DDP over gloo with 2 local processes, as ``trainer=ddp`` does:
 through ``train.py`` for validation, and through :mod:`tests.fixtures.ddp_test_loop` (the
@@ -21,6 +22,7 @@ import torch
 
 from solvers.transcription import MT3Solver
 from tests.fixtures.toy_shards import write_toy_dataset
+from tests.test_musicgen_solver import write_tiny_codec
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
@@ -36,6 +38,13 @@ COMPRESSION = [
     "solver.data.eval_segment_seconds=2.0",
     "solver.module.opus_baseline=false",
 ]
+MUSICGEN = [
+    "experiment=musicgen_tiny",
+    "solver.data.segment_seconds=1.0",
+    "solver.data.eval_segment_seconds=1.0",
+    "solver.module.samples.count=1",
+    "solver.module.samples.duration=0.5",
+]
 SOLVERS = {"mt3": MT3, "compression": COMPRESSION}
 
 
@@ -47,6 +56,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "uneven": write_toy_dataset(root / "uneven", {"train": 2, "valid": 1, "test": 3}),
         "single": write_toy_dataset(root / "single", {"train": 2, "valid": 1, "test": 1}),
+        "codec": write_tiny_codec(root / "codec"),
     }
 
 
@@ -112,13 +122,14 @@ def test_a_rank_without_test_samples(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("solver", [*SOLVERS, "musicgen"])
 def test_training_with_one_validation_sample_on_two_ranks(
     solver: str, datasets: dict[str, Path], tmp_path: Path
 ) -> None:
+    musicgen = [*MUSICGEN, f"solver.module.codec_checkpoint={datasets['codec']}"]
     run(
         "train.py",
-        *SOLVERS[solver],
+        *SOLVERS.get(solver, musicgen),
         "trainer=ddp",
         "trainer.max_steps=2",
         "logger=csv",
@@ -130,7 +141,7 @@ def test_training_with_one_validation_sample_on_two_ranks(
     )
     (metrics,) = tmp_path.glob("*/logs/**/metrics.csv")
     rows = list(csv.DictReader(metrics.open()))
-    valid = "valid/mel" if solver == "compression" else "valid/onset_f1"
+    valid = {"compression": "valid/mel", "mt3": "valid/onset_f1", "musicgen": "valid/ce"}[solver]
     assert [float(r[valid]) for r in rows if r.get(valid)]  # one validation, logged
 
 

@@ -17,7 +17,10 @@ from musicgen.lm.config import LMConfig
 
 class SinusoidalPositions(nn.Module):
     """AudioCraft's ``create_sin_embedding``: ``[cos(p w), sin(p w)]`` with
-    ``w_i = max_period ** (-i / (dim / 2 - 1))``, from a table that grows on demand."""
+    ``w_i = max_period ** (-i / (dim / 2 - 1))``, from a table that grows on demand. The table
+    is a plain attribute, not a buffer: its length depends on the sequences a process has seen,
+    and DDP broadcasts rank 0's buffers into same-sized ones (a longer table on another rank is
+    a collective size mismatch)."""
 
     def __init__(self, dim: int, max_period: float = 10000.0) -> None:
         super().__init__()
@@ -26,7 +29,7 @@ class SinusoidalPositions(nn.Module):
         self.register_buffer(
             "inv_freq", (max_period**-exponent).to(torch.float32), persistent=False
         )
-        self.register_buffer("table", self._table(0), persistent=False)
+        self.table = self._table(0)
 
     def _table(self, length: int) -> torch.Tensor:
         positions = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)
@@ -35,7 +38,7 @@ class SinusoidalPositions(nn.Module):
 
     def forward(self, start: int, length: int, dtype: torch.dtype) -> torch.Tensor:
         """``(length, dim)`` embeddings of positions ``start .. start + length - 1``."""
-        if start + length > self.table.shape[0]:
+        if start + length > self.table.shape[0] or self.table.device != self.inv_freq.device:
             self.table = self._table(max(2 * self.table.shape[0], start + length, 256))
         return self.table[start : start + length].to(dtype)
 
