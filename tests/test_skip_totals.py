@@ -86,13 +86,34 @@ def test_skip_note() -> None:
     assert "3 (not_a_tar=1, silent=2)" in note
 
 
-def run(script: str, *overrides: str) -> subprocess.CompletedProcess:
+def run(script: str, *overrides: str, returncode: int = 0) -> subprocess.CompletedProcess:
     cmd = [sys.executable, script, f"hydra.searchpath=[file://{TOY_CONF}]", "solver=toy"]
     result = subprocess.run(
         [*cmd, *overrides], cwd=REPO, capture_output=True, text=True, timeout=300
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == returncode, result.stderr[-3000:]
     return result
+
+
+def test_a_dataset_without_any_usable_train_shard_is_one_error_line(tmp_path: Path) -> None:
+    root = write_toy_dataset(tmp_path / "broken", {"train": 0, "valid": 2, "test": 2})
+    index = json.loads((root / "index.json").read_text())
+    index["splits"]["train"]["shards"] = []
+    (root / "index.json").write_text(json.dumps(index))
+    for _ in range(2):
+        add_bad_shard(root, "train")
+    result = run(
+        "train.py",
+        f"dataset.root={root}",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        "logger=csv",
+        "trainer=debug",
+        "loader.num_workers=2",
+        returncode=2,
+    )
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "error: dataset synth has no usable training sample in its 2 train shard(s)" in line
+    assert "not_a_tar=2" in line and "Traceback" not in result.stderr
 
 
 def test_skip_totals_reach_metrics_train_log_and_tables(
