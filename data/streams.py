@@ -106,6 +106,13 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
+def checked_batch_size(batch_size: int) -> int:
+    """``batch_size`` when it is an integer >= 1 (with 0 no batch would ever fill: a hang)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return batch_size
+
+
 def batched(samples: Iterable[dict], batch_size: int, drop_last: bool) -> Iterator[dict]:
     """Group samples into collated batches."""
     bucket: list[dict] = []
@@ -134,7 +141,7 @@ class TrainStream(IterableDataset):
         super().__init__()
         if not shards:
             raise ValueError("TrainStream needs at least one shard")
-        self.shards, self.spec, self.batch_size = list(shards), spec, batch_size
+        self.shards, self.spec, self.batch_size = list(shards), spec, checked_batch_size(batch_size)
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
         self.shared = SharedSkips()
@@ -195,7 +202,7 @@ class EvalStream(IterableDataset):
         world_size: int = 1,
     ) -> None:
         super().__init__()
-        self.shards, self.spec, self.batch_size = list(shards), spec, batch_size
+        self.shards, self.spec, self.batch_size = list(shards), spec, checked_batch_size(batch_size)
         self.rank, self.world_size = rank, world_size
         self.shared = SharedSkips()
         self.skips = SkipCounter(self.shared)

@@ -17,6 +17,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from data.decode import SampleSpec
+from data.streams import EvalStream, TrainStream
 from musicgen.errors import UserError
 from solvers.runtime import register_resolvers
 from solvers.validate_config import RULES, validate_config
@@ -244,3 +246,12 @@ def test_cli_prints_one_error_line_and_exits_2(script: str, override: str, tmp_p
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "datasets").exists(), "the check comes before the dataset is built"
     assert not list(tmp_path.glob("runs/*/checkpoints")), "and before the trainer starts"
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_streams_refuse_a_batch_size_that_would_hang(batch_size: object) -> None:
+    """Below the config check too: a batch size of 0 used to hang while the workers' buffers grew."""
+    spec = SampleSpec(16000, 1, 1.0)
+    for stream in (TrainStream, EvalStream):
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+            stream(["train-000000.tar"], spec, batch_size)
