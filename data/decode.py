@@ -140,7 +140,7 @@ def wanted_members(spec: SampleSpec) -> Callable[[str], bool]:
     return wanted.__contains__
 
 
-def _crop_notes(notes: np.ndarray, start: int, frames: int, rate: int, crop: str) -> np.ndarray:
+def cut_notes(notes: np.ndarray, start: int, frames: int, rate: int, crop: str) -> np.ndarray:
     """The notes of a crop in track time. A whole file (``crop="none"``) keeps its notes as
     they are, clipped to the audio; a crop keeps them unclipped after trimming same-pitch
     overlaps over the whole track (MT3's training cleanup, done before cutting as MT3 does),
@@ -156,7 +156,7 @@ def decode_sample(raw: RawSample, spec: SampleSpec, rng: np.random.Generator) ->
 
     Audio is cut to the spec's segment (stems and notes at the same position), converted to the
     spec's rate and channels; ``start`` is the crop's start time in the file, in seconds, and
-    ``notes`` are in track time (see :func:`_crop_notes`). Raises :class:`SkipSample` for any
+    ``notes`` are in track time (see :func:`cut_notes`). Raises :class:`SkipSample` for any
     unusable sample.
     """
     meta = _metadata(raw, required="caption" in spec.fields)
@@ -202,7 +202,7 @@ def decode_sample(raw: RawSample, spec: SampleSpec, rng: np.random.Generator) ->
             notes = notes_from_midi_bytes(raw["mid"])
         except ValueError as err:
             raise SkipSample("malformed_midi", str(err)) from err
-        out["notes"] = torch.from_numpy(_crop_notes(notes, start, frames, native_rate, spec.crop))
+        out["notes"] = torch.from_numpy(cut_notes(notes, start, frames, native_rate, spec.crop))
     if "caption" in spec.fields:
         caption = meta.get("caption")
         if not isinstance(caption, str) or not caption.strip():

@@ -2,8 +2,9 @@
 
 The reference is :mod:`tests.fixtures.mt3_reference`, an independent re-derivation of MT3's
 chain; with ``MT3_SOURCE`` naming a magenta/mt3 checkout, MT3's own code is run on the same
-crops too (:mod:`tests.fixtures.mt3_source`). Our side is the training path: :func:`data.decode._crop_notes` (notes of a crop in track
-time) and :func:`musicgen.transcription.crop_tokens` (what ``MT3Solver._targets`` calls).
+crops too (:mod:`tests.fixtures.mt3_source`). Our side is the training path:
+:func:`data.decode.cut_notes` (notes of a crop in track time) and
+:func:`musicgen.transcription.crop_tokens` (what ``MT3Solver._targets`` calls).
 Notes are ``(start, end, pitch, velocity, program, is_drum)``; crops are 16 kHz frame ranges.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.decode import _crop_notes
+from data.decode import cut_notes
 from musicgen.transcription import (
     EOS_ID,
     GRANULARITIES,
@@ -42,7 +43,7 @@ def notes(*rows: tuple[float, ...]) -> np.ndarray:
 
 def ours(track: np.ndarray, a: int, b: int, granularity: str = "full") -> list[int]:
     """Our target of frames ``[a, b)``: the crop as the data pipeline cuts it, then tokenized."""
-    crop = _crop_notes(track, a * FRAME, (b - a) * FRAME, RATE, "random")
+    crop = cut_notes(track, a * FRAME, (b - a) * FRAME, RATE, "random")
     return crop_tokens(crop, a * FRAME / RATE, b * FRAME / RATE, granularity).tolist()
 
 
