@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from data.decode import FIELDS, SampleSpec
 from data.shardlist import split_shards
 from data.skips import SKIP_REASONS, SharedSkips, skip_summary
 from data.streams import EpochLoader, EvalStream, TrainStream
+from data.worker_signals import ignore_stop_signals
 from musicgen.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -68,13 +68,6 @@ def check_fields(
             f"{solver} needs {missing} but dataset={dataset} only provides {list(provides)}: "
             "pick a dataset that has them"
         )
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """``worker_init_fn`` of every loader: a worker ignores the stop signals (SIGTERM, SIGUSR1/2,
-    which ``scancel`` sends to every process), so the training loop saves and its parent ends it."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(signum, signal.SIG_IGN)
 
 
 class MusicDataModule(L.LightningDataModule):

@@ -40,6 +40,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
@@ -237,16 +238,18 @@ class LastCheckpoint(Checkpoint):
         self.signals = tuple(dict.fromkeys((signal.SIGTERM, self.requeue_signal)))
         self._received: set[int] = set()
         self._outer: dict[int, Any] = {}
+        self._trainer: L.Trainer | None = None
         self._saved_step: int | None = None
         self._saved_time = time.monotonic()
 
     # -- signal plumbing -------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._received = set()
+            self._trainer, self._received = trainer, set()
             self._install()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = None
         self._restore()
 
     def _install(self) -> None:
@@ -266,6 +269,11 @@ class LastCheckpoint(Checkpoint):
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Runs between two bytecodes of the training loop: only note it; the loop acts at a safe point.
         self._received.add(signum)
+        if signum == signal.SIGTERM and self._trainer is not None:
+            # W&B's service process gets SIGTERM too (SLURM signals every process of the job) and
+            # exits: the next W&B call would crash the run before the loop saves.
+            loggers = self._trainer.loggers
+            self._trainer.loggers = [lg for lg in loggers if not isinstance(lg, WandbLogger)]
 
     def _stop(self, trainer: L.Trainer, requeue: bool) -> NoReturn:
         """After the save: rank 0 requeues when asked and submitit's handler is there; all exit 0.
