@@ -56,9 +56,9 @@ def segment_origin_times(n_segments: int) -> np.ndarray:
 
 
 def time_step(seconds: float) -> int:
-    """The 10 ms step at or before ``seconds``. A time that is a whole number of samples at any
-    audio rate lies on a step boundary or at least 1e-5 steps past it, so a float product a
-    hair below a boundary (``0.29 * 100 = 28.999999999999996``) counts as on it."""
+    """The 10 ms step at or before ``seconds``. A time that is a whole number of samples at a
+    rate up to 192 kHz lies on a step boundary or at least 5e-6 steps past one, so a float
+    product a hair below a boundary (``0.29 * 100 = 28.999999999999996``) counts as on it."""
     return math.floor(seconds * STEPS_PER_SECOND + 1e-6)
 
 
