@@ -26,6 +26,8 @@ from musicgen.transcription import (
     time_step,
     token,
     token_name,
+    tokens_to_notes,
+    trim_overlapping_notes,
 )
 from tests.fixtures import mt3_reference as ref
 from tests.fixtures import mt3_source
@@ -189,6 +191,28 @@ def test_segment_tokens_and_crop_tokens_agree() -> None:
         a = int(rng.integers(0, 1200))
         expected = segment_tokens(track, a * FRAME, (a + 256) * FRAME).tolist()
         assert ours(track, a, a + 256) == expected
+
+
+def onset_steps(notes: np.ndarray) -> list[list[float]]:
+    """Sorted (onset step, pitch) pairs."""
+    return sorted(np.c_[np.rint(notes[:, 0] * 100), notes[:, 2]].tolist())
+
+
+def test_decoded_targets_put_onsets_on_the_10_ms_grid() -> None:
+    """Decoded from the crop's origin (as segments are at inference), a target's onsets are the
+    notes' onsets rounded to 10 ms, whatever the crop's phase (before: 2-8 ms early)."""
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        track = random_track(rng)
+        a = int(rng.integers(0, 1200))
+        first, last = time_step(a * FRAME / RATE), time_step((a + 256) * FRAME / RATE)
+        origin = first / 100
+        decoded = tokens_to_notes(ours(track, a, a + 256), start_time=origin).notes
+        trimmed = trim_overlapping_notes(track)
+        steps = np.rint(trimmed[:, 0] * 100)
+        inside = trimmed[(steps >= first) & (steps < last)]
+        assert onset_steps(decoded) == onset_steps(inside)
+        np.testing.assert_allclose(decoded[:, 0] * 100, np.rint(decoded[:, 0] * 100), atol=1e-6)
 
 
 MT3_SOURCE = os.environ.get("MT3_SOURCE")
