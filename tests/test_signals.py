@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.worker_signals import STOP_SIGNALS, ignore_stop_signals
 from tests.fixtures.callbacks import read_reports
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +156,49 @@ def test_a_stop_signal_saves_and_the_same_command_resumes(
     assert [r["start_step"] for r in read_reports(tmp_path / "reports")] == [0, saved]
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["global_step"] == saved + 2
+
+
+class Endless(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        while True:
+            yield torch.zeros(2)
+
+
+def test_loader_workers_ignore_stop_signals_from_anyone_but_their_parent() -> None:
+    loader = torch.utils.data.DataLoader(
+        Endless(), batch_size=None, num_workers=2, worker_init_fn=ignore_stop_signals
+    )
+    iterator = iter(loader)
+    next(iterator)
+    workers = iterator._workers
+    for signum in STOP_SIGNALS:  # from another process, like scancel's
+        pids = [str(w.pid) for w in workers]
+        subprocess.run(["kill", f"-{signum.name[3:]}", *pids], check=True)
+    time.sleep(1)
+    assert all(w.is_alive() for w in workers)
+    next(iterator)
+    os.kill(workers[0].pid, signal.SIGTERM)  # from the parent: the worker ends
+    workers[0].join(timeout=30)
+    assert workers[0].exitcode == 0
+    del iterator
+
+
+CRASH = """
+import torch
+from data.worker_signals import ignore_stop_signals
+from tests.test_signals import Endless
+loader = torch.utils.data.DataLoader(
+    Endless(), batch_size=None, num_workers=2, worker_init_fn=ignore_stop_signals
+)
+iterator = iter(loader)
+next(iterator)
+raise RuntimeError("a crash that leaves the loader iterator alive")
+"""
+
+
+def test_a_crash_with_live_loader_workers_still_exits() -> None:
+    """At exit multiprocessing terminates the workers, then joins them: they obey their parent."""
+    result = subprocess.run(
+        [sys.executable, "-c", CRASH], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1 and "a crash that leaves" in result.stderr

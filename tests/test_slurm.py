@@ -217,10 +217,30 @@ def test_sweep_of_two_multi_node_ddp_jobs(
     assert seen_lrs == {float(v) for v in lrs.split(",")}
 
 
+# How a test stops the running job: the preemption signal (what SLURM sends signal_delay_s before
+# the time limit, and what a preempting admin sends), an admin's requeue (SIGTERM to every process,
+# SLURM requeues by itself), or both at once (submitit's own requeue then fails: issue 14 item 9).
+USR2 = ["scancel", "--signal=USR2"]
+REQUEUE = ["scontrol", "requeue"]
+STOPS = {
+    "USR2": [USR2],
+    "scontrol_requeue": [REQUEUE],
+    "USR2_and_scontrol_requeue": [USR2, REQUEUE],
+}
+
+
 @pytest.mark.slurm
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    "stop",
+    [
+        "USR2",
+        "scontrol_requeue",
+        pytest.param("USR2_and_scontrol_requeue", marks=pytest.mark.slow),
+    ],
+)
 def test_preempted_job_saves_requeues_and_resumes(
-    slurm_cluster: dict, cancel_leftovers: None, toy_dataset: Path, tmp_path: Path
+    slurm_cluster: dict, cancel_leftovers: None, toy_dataset: Path, tmp_path: Path, stop: str
 ) -> None:
     runs, log, progress = tmp_path / "runs", tmp_path / "sweep.log", tmp_path / "progress"
     steps = 24
@@ -243,8 +263,8 @@ def test_preempted_job_saves_requeues_and_resumes(
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
     (job,) = job_ids(runs)
-    # What SLURM sends signal_delay_s before the time limit (and what a preempting admin sends).
-    subprocess.run(["scancel", "--signal=USR2", job], env=slurm_cluster, check=True)
+    for command in STOPS[stop]:
+        subprocess.run([*command, job], env=slurm_cluster, check=True)
     # SLURM holds a requeued job for ~2 minutes (BeginTime); release it so the test stays short.
     while squeue_state(job, slurm_cluster) != "PENDING":
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
@@ -252,10 +272,10 @@ def test_preempted_job_saves_requeues_and_resumes(
     subprocess.run(
         ["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_cluster, check=True
     )
-    wait(process, log, timeout=300)
+    wait(process, log, timeout=300)  # exit 0: the job's one result is the finished run
 
     (run_dir,) = [p for p in runs.iterdir() if p.name.startswith("toy-synth-")]
-    first, second = read_reports(run_dir / "ranks")
+    first, second = read_reports(run_dir / "ranks")  # requeued once
     assert (first["slurm_restart_count"], second["slurm_restart_count"]) == (0, 1)
     assert first["slurm_job_id"] == second["slurm_job_id"]
     saved = second["start_step"]
@@ -264,8 +284,9 @@ def test_preempted_job_saves_requeues_and_resumes(
         torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps
     )
     submitit_log = "".join(p.read_text() for p in (runs / ".submitit" / job).glob("*_0_log.*"))
-    assert (
-        f"SIGUSR2 received: saving {run_dir}/checkpoints/last.ckpt at step {saved}" in submitit_log
+    signals = {"USR2": "SIGUSR2", "scontrol_requeue": "SIGTERM"}.get(stop, "")
+    assert f"{signals} received: saving {run_dir}/checkpoints/last.ckpt at step {saved}" in (
+        submitit_log
     )
     # (submitit's own "Requeued job" line is not asserted: SLURM may stop the job before that
     # line is flushed; restart count 1 under the same job id above is the requeue.)
