@@ -15,8 +15,9 @@ Who owns what (see README, "Preemption, requeue and resume"):
   When the requeue signal reached any rank and the job runs under submitit, rank 0 first hands
   it to submitit's handler, once, which requeues the job. SIGTERM (``scancel``, ``scontrol
   requeue``, SLURM's own preemption) never requeues: whoever sent it decides that.
-* Loader workers ignore the stop signals (``data.datamodule.ignore_stop_signals``): ``scancel``
-  signals every process of a job, and a worker that died first used to crash the run.
+* ``scancel`` signals every process of a job: loader workers ignore the stop signals unless
+  their parent sends them (``data.worker_signals``), and logging to W&B stops at SIGTERM, on
+  which W&B's service process exits.
 
 Checkpoint files are written by :class:`AtomicCheckpointIO`: into a temporary file next to the
 target, flushed and fsynced, then renamed over it, so a ``kill -9`` at any moment leaves either
