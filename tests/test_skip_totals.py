@@ -160,8 +160,8 @@ def test_skip_totals_reach_metrics_train_log_and_tables(
 def test_ddp_sums_the_ranks_and_a_rank_with_only_a_bad_shard_keeps_training(
     one_good_one_bad: Path, tmp_path: Path
 ) -> None:
-    """2 ranks x 1 worker: rank 1's only shard is the bad one; it reads the good one instead, and
-    rank 0 (which met no bad shard) logs rank 1's count."""
+    """2 ranks x 1 worker: rank 1's only train shard is the bad one; it reads the good one instead,
+    and rank 0 (which met no bad shard) logs rank 1's counts, of training and validation."""
     run(
         "train.py",
         f"dataset.root={one_good_one_bad}",
@@ -169,13 +169,15 @@ def test_ddp_sums_the_ranks_and_a_rank_with_only_a_bad_shard_keeps_training(
         "logger=csv",
         "trainer=ddp",
         "trainer.max_steps=4",
-        "+trainer.limit_val_batches=0",
+        "+trainer.limit_val_batches=2",
         "loader.batch_size=2",
         "loader.num_workers=1",
         "loader.train_batches_per_epoch=2",
     )
     (run_dir,) = tmp_path.iterdir()
     with next(run_dir.glob("logs/version_*/metrics.csv")).open() as f:
-        logged = [row for row in csv.DictReader(f) if row.get("data/skipped")]
-    assert len(logged) == 2 and all(float(row["data/skipped_not_a_tar"]) == 1 for row in logged)
+        rows = list(csv.DictReader(f))
+    for metric in ("data/skipped", "data/valid_skipped"):
+        logged = [row for row in rows if row.get(metric)]
+        assert len(logged) == 2 and all(float(row[f"{metric}_not_a_tar"]) == 1 for row in logged)
     assert "not_a_tar=1" in (run_dir / "train.log").read_text().strip().splitlines()[-1]
