@@ -172,7 +172,8 @@ class MusicDataModule(L.LightningDataModule):
 def stream_skips(loader: object) -> dict[str, int]:
     """The skip totals of the stream behind ``loader`` (an :class:`EpochLoader` or a DataLoader
     over a stream) so far, all its workers together; zeros for any other loader."""
-    shared = getattr(getattr(loader, "dataset", None), "shared", None)
+    stream = loader.stream if isinstance(loader, EpochLoader) else getattr(loader, "dataset", None)
+    shared = getattr(stream, "shared", None)
     return shared.totals() if isinstance(shared, SharedSkips) else dict.fromkeys(SKIP_REASONS, 0)
 
 

@@ -240,7 +240,9 @@ class EpochLoader:
         self._iterator: Iterator[dict] | None = None
 
     @property
-    def dataset(self) -> TrainStream:
+    def stream(self) -> TrainStream:
+        """The stream behind the loader (not ``dataset``: Lightning would take this for a
+        DataLoader over an IterableDataset with a length, and warn)."""
         return self.loader.dataset
 
     def __len__(self) -> int:
@@ -256,9 +258,9 @@ class EpochLoader:
             yield batch
 
     def _exhausted(self) -> str:
-        shards = self.dataset.shards
+        shards = self.stream.shards
         return (
             f"dataset {self.dataset_name} has no usable training sample in its {len(shards)} "
-            f"train shard(s) ({shards[0]} ...; skipped: {skip_summary(self.dataset.shared.totals())}): "
+            f"train shard(s) ({shards[0]} ...; skipped: {skip_summary(self.stream.shared.totals())}): "
             "rebuild or replace them (python -m data.inspect names each problem)"
         )
