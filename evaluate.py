@@ -58,6 +58,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         callbacks=[RichProgressBar(), skips],
         default_root_dir=cfg.run.dir,
     )
+    datamodule.trainer = trainer  # each rank reads its own share of the split
     loader = datamodule.eval_dataloader(cfg.split)
     metrics = trainer.test(solver, dataloaders=loader)[0]
     rows = [{"solver": cfg.solver.name, "dataset": cfg.dataset.name, "split": cfg.split, **metrics}]

@@ -163,3 +163,30 @@ def test_tracks_are_sorted_and_the_dataset_score_is_their_mean() -> None:
     assert [row["key"] for row in rows] == ["a", "b"]
     assert scores["loss"] == np.mean([row["loss"] for row in rows])
     assert mt3._finish("test") == {} and mt3.tracks["test"] == []
+
+
+@pytest.mark.slow
+def test_evaluate_py_on_two_processes_writes_the_one_process_tables(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    """``python evaluate.py ... trainer=ddp``: every rank reads its own share of the split, so
+    each track is scored once and the tables equal those of one process."""
+    data = [f"dataset.root={datasets['uneven']}", "loader.num_workers=0"]
+    run("train.py", *MT3, *data, "trainer.max_steps=1", "logger=csv", "trainer.limit_val_batches=0",
+        "loader.batch_size=1", "loader.train_batches_per_epoch=1", f"paths.runs_dir={tmp_path}")  # fmt: skip
+    (ckpt,) = tmp_path.glob("*/checkpoints/last.ckpt")
+    tables = {}
+    for layout in ("cpu", "ddp"):
+        out = tmp_path / f"eval-{layout}"
+        run("evaluate.py", "solver=mt3", f"checkpoint={ckpt}", *data, f"trainer={layout}",
+            "loader.eval_batch_size=1", f"hydra.run.dir={out}", f"run.dir={out}")  # fmt: skip
+        tables[layout] = {
+            name: json.loads((out / f"{name}.json").read_text())["rows"]
+            for name in ("mt3_table2", "mt3_table3", "mt3_tracks")
+        }
+    assert [t["key"] for t in tables["ddp"]["mt3_tracks"]] == [
+        "toy-test-000",
+        "toy-test-001",
+        "toy-test-002",
+    ]
+    assert tables["ddp"] == tables["cpu"]
