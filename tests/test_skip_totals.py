@@ -157,6 +157,7 @@ def test_skip_totals_reach_metrics_train_log_and_tables(
     assert "not_a_tar=1" in json.loads((eval_dir / "results.json").read_text())["notes"]
 
 
+@pytest.mark.slow  # a 2-process run
 def test_ddp_sums_the_ranks_and_a_rank_with_only_a_bad_shard_keeps_training(
     one_good_one_bad: Path, tmp_path: Path
 ) -> None:
