@@ -49,10 +49,12 @@ class Rule:
 
 
 def is_int(value: object) -> bool:
+    """An int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_number(value: object) -> bool:
+    """An int or float that is not a bool or NaN."""
     return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
 
@@ -90,14 +92,17 @@ def number(
 
 
 def choice(*values: object) -> Callable:
+    """One of ``values``, of the same type (``1`` is not ``"1"`` or ``True``)."""
     return lambda v: any(v == c and type(v) is type(c) for c in values)
 
 
 def is_bool(value: object) -> bool:
+    """true or false."""
     return isinstance(value, bool)
 
 
 def betas(value: object) -> bool:
+    """Adam's two betas, each in [0, 1)."""
     return (
         isinstance(value, list)
         and len(value) == 2
@@ -106,6 +111,7 @@ def betas(value: object) -> bool:
 
 
 def fields(value: object) -> bool:
+    """Distinct batch fields, audio among them."""
     return (
         isinstance(value, list)
         and "audio" in value
@@ -115,10 +121,11 @@ def fields(value: object) -> bool:
 
 
 def devices(value: object) -> bool:
+    """Lightning's ``devices``: a count >= 1, -1 (all), ``auto``, or device indices."""
     if isinstance(value, list):
         return bool(value) and all(integer(0)(d) for d in value)
     if isinstance(value, str):
-        return value == "auto" or all(p.strip().isdigit() for p in value.split(",")) and value != ""
+        return value == "auto" or all(p.strip().isdigit() for p in value.split(","))
     return integer(1, extra=(-1,))(value)
 
 
@@ -128,6 +135,7 @@ def int_list(low: int) -> Callable:
 
 
 def batch_limit(value: object) -> bool:
+    """Lightning's ``limit_*_batches``: a batch count, a fraction in [0, 1], or null."""
     return value is None or integer(0)(value) or (isinstance(value, float) and 0 <= value <= 1)
 
 
