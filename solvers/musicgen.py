@@ -4,8 +4,10 @@ Training: the batch audio is tokenised on the fly by the frozen codec (first ``l
 codebooks), the captions (and, for melody models, the chromagram of the stemmed audio) become
 the prefix prepended to the decoder input, and the LM learns the delay-pattern tokens with
 cross-entropy (per codebook CE and perplexity are logged). Classifier-free-guidance dropout drops
-all conditions of an item with ``cfg_dropout``; the melody alone is dropped with
-``melody_dropout``. AdamW with linear warm-up and cosine decay, gradient clipping at
+all conditions of an item with ``cfg_dropout`` and the melody with ``melody_dropout``, both
+decided by one uniform draw per item as AudioCraft's two dropouts combine (the melody is dropped
+with ``max(cfg_dropout, melody_dropout)``: see ``ConditionProvider.cfg_dropout``). AdamW with
+linear warm-up and cosine decay, gradient clipping at
 ``optim.max_norm``, and an EMA of the trainable weights (LM and condition projections: the codec
 and the text encoder are frozen) that evaluation and export use. Mixed precision comes from the
 trainer's ``precision`` (``bf16-mixed`` on GPU).
@@ -334,7 +336,8 @@ class MusicGenSolver(L.LightningModule):
         return {"wav": batch["audio"], "stems": batch.get("stems")}
 
     def dropout_masks(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-item (drop_text, drop_melody) for one training batch (CFG and melody dropout)."""
+        """Per-item (drop_text, drop_melody) for one training batch (CFG and melody dropout,
+        combined as AudioCraft's)."""
         drop_text, drop_melody = self.model.conditions.cfg_dropout(
             batch_size, self.cfg_dropout, self.melody_dropout if self.model.has_melody else 0.0
         )

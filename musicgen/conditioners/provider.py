@@ -106,11 +106,20 @@ class ConditionProvider(nn.Module):
     def cfg_dropout(
         batch_size: int, p_all: float, p_melody: float, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-item ``(drop_text, drop_melody)``: all conditions dropped together with ``p_all``,
-        the melody additionally with ``p_melody``."""
+        """Per-item ``(drop_text, drop_melody)`` as AudioCraft's dropouts combine: one uniform
+        ``u`` per item drops every condition when ``u < p_all`` and the melody when
+        ``u < p_melody``.
+
+        AudioCraft's ``ClassifierFreeGuidanceDropout(p_all)`` and ``AttributeDropout({wav:
+        {self_wav: p_melody}})`` each draw one number per training step from their own generator,
+        both seeded 1234, so both see the same ``u``: the melody is dropped with
+        ``max(p_all, p_melody)`` and, given the text kept, with
+        ``(max(p_all, p_melody) - p_all) / (1 - p_all)`` (0.375 at 0.2 / 0.5), not ``p_melody``.
+        AudioCraft draws once per batch (every item alike); we draw per item.
+        """
         for name, p in (("p_all", p_all), ("p_melody", p_melody)):
             if not 0.0 <= p <= 1.0:
                 raise UserError(f"{name} must be a probability in [0, 1], got {p}")
-        draws = torch.rand(2, batch_size, generator=generator)
-        drop_all = draws[0] < p_all
-        return drop_all, drop_all | (draws[1] < p_melody)
+        draws = torch.rand(batch_size, generator=generator)
+        drop_all = draws < p_all
+        return drop_all, drop_all | (draws < p_melody)
