@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from data.decode import FIELDS
 from musicgen.errors import UserError
+from musicgen.metrics.embeddings import KINDS as FAD_EMBEDDERS
 from musicgen.transcription.vocabulary import GRANULARITIES
 
 PRECISIONS = (
@@ -256,6 +257,18 @@ RULES: tuple[Rule, ...] = (
             "model.num_encoder_layers",
             "model.num_decoder_layers",
         )
+    ),
+    Rule("solver.monitor_mode", "min or max", choice("min", "max")),
+    Rule(
+        "solver.module.melody.stemmer", "demucs, oracle or none", choice("demucs", "oracle", "none")
+    ),
+    Rule("solver.module.melody.n_chroma", POSITIVE_INT, integer(1)),
+    Rule("solver.module.melody.winlen", POSITIVE_INT, integer(1)),
+    Rule("solver.module.melody.hop", POSITIVE_INT, integer(1)),
+    Rule(
+        "solver.module.evaluation.fad_embedder",
+        f"one of {', '.join(FAD_EMBEDDERS)}",
+        choice(*FAD_EMBEDDERS),
     ),
     Rule("solver.module.codec.bins", "an integer >= 2 (codebook size)", integer(2)),
     Rule("solver.module.codec.lstm", "an integer >= 0 (LSTM layers)", integer(0)),

@@ -103,6 +103,12 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
         )
         for key in keys
     },
+    "solver.monitor_mode": ("mt3", ["maximum", "1"]),
+    "solver.module.melody.stemmer": ("musicgen_melody", ["spleeter", "1"]),
+    "solver.module.melody.n_chroma": ("musicgen_melody", ["0", "abc"]),
+    "solver.module.melody.winlen": ("musicgen_melody", ["0", "abc"]),
+    "solver.module.melody.hop": ("musicgen_melody", ["-1", "abc"]),
+    "solver.module.evaluation.fad_embedder": ("musicgen", ["clap", "1"]),
     "solver.module.codec.bins": ("compression", ["1", "abc"]),
     "solver.module.codec.lstm": ("compression", ["-1", "abc"]),
     "solver.module.codec.causal": ("compression", ["maybe"]),
