@@ -181,6 +181,46 @@ def test_decoder_only_folder_loads(hf_folder, tmp_path):
     torch.testing.assert_close(loaded.lm(seq), hf_logits(model, seq), atol=1e-5, rtol=0)
 
 
+@torch.no_grad()
+def test_scale_embedding_converts_as_hf_runs_it():
+    """HF's decoder sets ``embed_scale`` from ``scale_embedding`` but never applies it: the
+    converted LM gives the same logits (scaling the embeddings was off by up to 1.25)."""
+    torch.manual_seed(1)
+    model = transformers.MusicgenMelodyForConditionalGeneration(
+        hf_config(scale_embedding=True)
+    ).eval()
+    lm = converted(model)
+    seq = delayed_codes(lm)
+    prefix = torch.randn(2, 7, DIM, generator=torch.Generator().manual_seed(4))
+    expected = hf_logits(model, seq, encoder_hidden_states=prefix)
+    torch.testing.assert_close(lm(seq, prefix), expected, atol=1e-5, rtol=0)
+
+
+def test_text_only_musicgen_folder_is_refused(tmp_path):
+    """A ``MusicgenForConditionalGeneration`` folder (text through cross-attention) is one
+    UserError naming it, not a failure on its cross-attention tensors."""
+    melody = hf_config()
+    config = transformers.MusicgenConfig(
+        text_encoder=melody.text_encoder.to_dict(),
+        audio_encoder=melody.audio_encoder.to_dict(),
+        decoder=transformers.MusicgenDecoderConfig(
+            **{k: getattr(melody.decoder, k) for k in ("vocab_size", "hidden_size", "ffn_dim")},
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_codebooks=N_Q,
+            pad_token_id=CARD,
+            bos_token_id=CARD,
+        ).to_dict(),
+    )
+    transformers.MusicgenForConditionalGeneration(config).save_pretrained(tmp_path)
+    with pytest.raises(UserError) as err:
+        load_hf_musicgen_melody(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "text-only MusicGen" in message and "MusicgenForConditionalGeneration" in message
+    assert "cross-attention" in message and "not supported yet" in message
+
+
 def test_bad_inputs_are_named(hf_folder, tmp_path):
     model = hf_folder[1]
     with pytest.raises(UserError, match="no config.json"):

@@ -17,7 +17,6 @@ and masks. :func:`condition_projections_from_hf_musicgen_melody` gives both proj
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +108,9 @@ def lm_state_from_hf_musicgen_melody(
         used.add(name)
         return source[name]
 
-    scale = math.sqrt(cfg.dim) if _get(_decoder_config(config), "scale_embedding") else 1.0
-    emb = [take(f"{DECODER}embed_tokens.{k}.weight") * scale for k in range(cfg.n_q)]
+    # ``scale_embedding`` is not converted: the HF decoder sets ``embed_scale`` from it but never
+    # multiplies by it (nor does AudioCraft's LM scale its embeddings)
+    emb = [take(f"{DECODER}embed_tokens.{k}.weight") for k in range(cfg.n_q)]
     state = {"emb": torch.stack(emb)}
     for i in range(cfg.num_layers):
         hf, ours = f"{DECODER}layers.{i}.", f"layers.{i}."
@@ -146,6 +146,30 @@ def condition_projections_from_hf_musicgen_melody(
     }
 
 
+MELODY_TYPES = ("musicgen_melody", "musicgen_melody_decoder")
+TEXT_ONLY_TYPES = {
+    "musicgen": "MusicgenForConditionalGeneration",
+    "musicgen_decoder": "MusicgenForCausalLM",
+}
+
+
+def _check_melody_config(path: Path, config: Any) -> None:
+    """A :class:`UserError` unless ``config`` is MusicGen-Melody's (whole model or decoder)."""
+    kind = config.model_type
+    if kind in MELODY_TYPES:
+        return
+    if kind in TEXT_ONLY_TYPES:
+        raise UserError(
+            f"{path} is a text-only MusicGen ({TEXT_ONLY_TYPES[kind]}, model_type {kind!r}): its "
+            "decoder reads the text through cross-attention, which is not supported yet; only "
+            "MusicGen-Melody (conditions prepended) converts"
+        )
+    raise UserError(
+        f"{path} is not a MusicGen-Melody model folder (model_type {kind!r}, expected one of "
+        f"{list(MELODY_TYPES)})"
+    )
+
+
 def load_hf_musicgen_melody(folder: str | Path, device: str = "cpu") -> HFMusicgenMelody:
     """Convert a local ``save_pretrained`` folder of ``MusicgenMelodyForConditionalGeneration``
     (e.g. a download of facebook/musicgen-melody) or of its ``MusicgenMelodyForCausalLM``
@@ -164,6 +188,7 @@ def load_hf_musicgen_melody(folder: str | Path, device: str = "cpu") -> HFMusicg
         )
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
+        _check_melody_config(path, config)
         model_class = (
             MusicgenMelodyForCausalLM
             if config.model_type == "musicgen_melody_decoder"
