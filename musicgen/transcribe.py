@@ -1,7 +1,10 @@
 """Transcribe audio to MIDI with an MT3 model: ``python -m musicgen.transcribe in.wav out.mid --checkpoint PATH``.
 
 ``PATH`` is an exported model directory (``model.safetensors`` + ``config.json``), a ``.ckpt``
-of ``train.py solver=mt3``, or a ``.npz`` of an official MT3 checkpoint's t5x parameters.
+of ``train.py solver=mt3``, a t5x checkpoint directory as released for MT3 (``mt3`` or
+``ismir2021``: its ``checkpoint`` file and the arrays beside it), or a ``.npz`` of t5x parameters.
+The model type (segments, vocabulary, decoding) follows the vocabulary size unless
+``--model-type`` names it.
 Any format ``soundfile`` reads works as input; it is resampled to 16 kHz mono.
 """
 
@@ -14,7 +17,7 @@ from pathlib import Path
 import soundfile as sf
 
 from musicgen.errors import UserError
-from musicgen.transcription.transcriber import Transcriber
+from musicgen.transcription.transcriber import MODEL_TYPES, Transcriber
 from musicgen.transcription.vocabulary import GRANULARITIES
 
 
@@ -41,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="mask tokens MT3's decoding would reject, for a model trained with this program "
         "granularity (helps small models; default: MT3's plain greedy decoding)",
     )
+    parser.add_argument(
+        "--model-type",
+        choices=sorted(MODEL_TYPES),
+        help="mt3 (multi-instrument, 256-frame segments, ties) or ismir2021 (piano, 512 frames, "
+        "127 velocities, no ties) (default: read from the vocabulary size)",
+    )
     return parser
 
 
@@ -59,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             max_length=args.max_length,
             grammar=args.grammar,
+            model_type=args.model_type,
         )
         midi = transcriber.transcribe(wav.T, rate)
         args.midi.parent.mkdir(parents=True, exist_ok=True)

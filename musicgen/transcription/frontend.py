@@ -32,7 +32,6 @@ from musicgen.transcription.segments import (
     HOP_LENGTH,
     SAMPLE_RATE,
     SEGMENT_FRAMES,
-    SEGMENT_SAMPLES,
     num_segments,
 )
 
@@ -77,16 +76,20 @@ def mel_filterbank(
     return F.pad(weights, (0, 0, 1, 0)).to(torch.float32)
 
 
-def split_track(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut a mono 16 kHz track ``(N,)`` into zero-padded segments ``(S, 32768)`` and the number
-    of real frames of each ``(S,)``, with MT3's padding rule (see the module docstring)."""
+def split_track(
+    samples: torch.Tensor, segment_frames: int = SEGMENT_FRAMES
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut a mono 16 kHz track ``(N,)`` into zero-padded segments ``(S, segment_frames * 128)``
+    (MT3: 256 frames, the ISMIR 2021 piano model: 512) and the number of real frames of each
+    ``(S,)``, with MT3's padding rule (see the module docstring)."""
     if samples.dim() != 1:
         raise ValueError(f"expected a mono track of shape (samples,), got {tuple(samples.shape)}")
     frames = track_frames(samples.shape[0])
-    segments = num_segments(frames)
-    padded = F.pad(samples, (0, segments * SEGMENT_SAMPLES - samples.shape[0]))
-    starts = torch.arange(segments) * SEGMENT_FRAMES
-    return padded.view(segments, SEGMENT_SAMPLES), torch.clamp(frames - starts, max=SEGMENT_FRAMES)
+    segments = num_segments(frames, segment_frames)
+    length = segment_frames * HOP_LENGTH
+    padded = F.pad(samples, (0, segments * length - samples.shape[0]))
+    starts = torch.arange(segments) * segment_frames
+    return padded.view(segments, length), torch.clamp(frames - starts, max=segment_frames)
 
 
 class LogMelFrontend(nn.Module):

@@ -28,7 +28,8 @@ renamed::
 
 ``(T)``: t5x stores kernels as ``(in, out)`` (attention kernels flattened to
 ``(d_model, heads * head_dim)``), torch ``Linear`` weights are ``(out, in)``.
-:func:`model_from_t5x` does the conversion.
+:func:`model_from_t5x` does the conversion; :meth:`MT3Model.from_t5x` reads a t5x checkpoint
+directory (:mod:`musicgen.transcription.t5x_checkpoint`).
 
 Decoding is greedy (MT3's paper; its t5x model runs beam search with one beam), batched over
 segments, with a key/value cache (:meth:`MT3Model.greedy_decode`); ``use_cache=False``
@@ -40,13 +41,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from musicgen.checkpoint_io import first_line
+from musicgen.errors import UserError
 from musicgen.transcription.grammar import TokenGrammar
+from musicgen.transcription.t5x_checkpoint import read_t5x_checkpoint
 from musicgen.transcription.vocabulary import EOS_ID, PAD_ID, VOCAB_SIZE, Granularity
 
 
@@ -307,6 +312,20 @@ class MT3Model(nn.Module):
 
     def forward(self, frames: torch.Tensor, decoder_inputs: torch.Tensor) -> torch.Tensor:
         return self.decoder(decoder_inputs, self.encoder(frames))
+
+    @classmethod
+    def from_t5x(cls, directory: str | Path) -> MT3Model:
+        """The model of a t5x checkpoint directory (MT3's released ``mt3`` and ``ismir2021``;
+        see :mod:`musicgen.transcription.t5x_checkpoint`) through :func:`model_from_t5x`;
+        a missing or malformed parameter is a :class:`UserError`."""
+        params = read_t5x_checkpoint(directory)
+        try:
+            return model_from_t5x(params)
+        except (KeyError, ValueError, IndexError, RuntimeError) as err:
+            raise UserError(
+                f"{directory} does not hold MT3's T5 parameters ({first_line(err)}): pass the "
+                "directory of an MT3 t5x checkpoint (mt3 or ismir2021)"
+            ) from None
 
     @torch.no_grad()
     def generate(

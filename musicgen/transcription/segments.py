@@ -21,7 +21,7 @@ import numpy as np
 
 from musicgen.notes import trim_overlapping_notes
 from musicgen.transcription.tokenize import DecodedNotes, NoteDecoder, window_tokens
-from musicgen.transcription.vocabulary import STEPS_PER_SECOND, Granularity
+from musicgen.transcription.vocabulary import MT3_CODEC, STEPS_PER_SECOND, Codec, Granularity
 
 SAMPLE_RATE = 16_000
 HOP_LENGTH = 128
@@ -29,14 +29,14 @@ SEGMENT_FRAMES = 256
 SEGMENT_SAMPLES = SEGMENT_FRAMES * HOP_LENGTH  # 32768 samples, 2.048 s
 
 
-def num_segments(n_frames: int) -> int:
-    """Number of 256-frame segments needed to cover ``n_frames`` frames (the last may be short)."""
-    return -(-n_frames // SEGMENT_FRAMES)
+def num_segments(n_frames: int, segment_frames: int = SEGMENT_FRAMES) -> int:
+    """Number of segments needed to cover ``n_frames`` frames (the last may be short)."""
+    return -(-n_frames // segment_frames)
 
 
-def segment_start_samples(n_segments: int) -> np.ndarray:
-    """First sample of each segment: ``i * 256 * 128``."""
-    return np.arange(n_segments, dtype=np.int64) * SEGMENT_SAMPLES
+def segment_start_samples(n_segments: int, segment_frames: int = SEGMENT_FRAMES) -> np.ndarray:
+    """First sample of each segment: ``i * segment_frames * 128`` (``i * 256 * 128`` for MT3)."""
+    return np.arange(n_segments, dtype=np.int64) * (segment_frames * HOP_LENGTH)
 
 
 def segment_start_times(n_segments: int) -> np.ndarray:
@@ -49,9 +49,9 @@ def origin_step(start_sample: int, sample_rate: int = SAMPLE_RATE) -> int:
     return int(start_sample) * STEPS_PER_SECOND // sample_rate
 
 
-def segment_origin_times(n_segments: int) -> np.ndarray:
+def segment_origin_times(n_segments: int, segment_frames: int = SEGMENT_FRAMES) -> np.ndarray:
     """Token origin of each segment in seconds, the start times to decode segments with."""
-    steps = [origin_step(s) for s in segment_start_samples(n_segments)]
+    steps = [origin_step(s) for s in segment_start_samples(n_segments, segment_frames)]
     return np.asarray(steps, dtype=np.float64) / STEPS_PER_SECOND
 
 
@@ -96,6 +96,8 @@ def stitch_segments(
     segment_tokens: Sequence[Sequence[int] | np.ndarray],
     start_times: Sequence[float] | np.ndarray | None = None,
     end_time: float | None = None,
+    codec: Codec = MT3_CODEC,
+    ties: bool = True,
 ) -> DecodedNotes:
     """Decode the token sequences of consecutive segments into one track's notes.
 
@@ -103,14 +105,15 @@ def stitch_segments(
     :func:`segment_origin_times`). Segments are decoded in start order with one state, each
     cut off at the next one's start; notes sounding at a segment end continue when the next
     segment's tie section names them and end at its ``tie`` otherwise. Notes still sounding
-    after the last segment end as in :meth:`NoteDecoder.finish`.
+    after the last segment end as in :meth:`NoteDecoder.finish`. ``codec`` and ``ties``: see
+    :class:`NoteDecoder`.
     """
     if start_times is None:
         start_times = segment_origin_times(len(segment_tokens))
     if len(start_times) != len(segment_tokens):
         raise ValueError(f"{len(segment_tokens)} segments but {len(start_times)} start times")
     order = np.argsort(np.asarray(start_times, dtype=np.float64), kind="stable")
-    decoder = NoteDecoder()
+    decoder = NoteDecoder(codec, ties)
     for rank, i in enumerate(order):
         max_time = float(start_times[order[rank + 1]]) if rank + 1 < len(order) else None
         decoder.decode_segment(segment_tokens[i], float(start_times[i]), max_time)

@@ -56,11 +56,12 @@ from musicgen.transcription.vocabulary import (
     EOS_ID,
     GRANULARITIES,
     MAX_SHIFT_STEPS,
+    MT3_CODEC,
     NUM_SPECIAL_IDS,
     STEPS_PER_SECOND,
+    Codec,
     Granularity,
     bin_to_velocity,
-    decode_event,
     map_program,
     token,
     velocity_to_bin,
@@ -208,10 +209,14 @@ def _us(seconds: float) -> int:
 class NoteDecoder:
     """MT3's note decoding state for one track; feed it segments in time order, then ``finish``.
 
-    ``invalid`` and ``dropped`` count the tokens skipped so far.
+    ``invalid`` and ``dropped`` count the tokens skipped so far. ``codec``: the vocabulary's
+    event codec; ``ties``: segments open with a tie section (MT3's ``NoteEncodingWithTiesSpec``);
+    without (the ISMIR 2021 piano model's ``NoteEncodingSpec``) notes simply carry on across
+    segments and a ``tie`` is invalid.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, codec: Codec = MT3_CODEC, ties: bool = True) -> None:
+        self.codec, self.ties = codec, ties
         self.invalid = 0
         self.dropped = 0
         self._now = 0  # microseconds, time of the last decoded event
@@ -232,13 +237,13 @@ class NoteDecoder:
         if EOS_ID in ids:
             ids = ids[: ids.index(EOS_ID)]
         self._tied = set()
-        self._in_tie_section = True
+        self._in_tie_section = self.ties
         start = _us(start_time)
         limit = None if max_time is None else _us(max_time)
         steps, now = 0, start
         for i, model_id in enumerate(ids):
             try:
-                kind, value = decode_event(model_id - NUM_SPECIAL_IDS)
+                kind, value = self.codec.decode_event(model_id - NUM_SPECIAL_IDS)
             except ValueError:
                 self.invalid += 1
                 continue
@@ -278,7 +283,7 @@ class NoteDecoder:
                 raise ValueError("drum hit with velocity 0")
             self._rows.append((now, now + _MIN_NOTE_US, value, self._velocity, 0, 1))
         elif kind == "velocity":
-            self._velocity = bin_to_velocity(value)
+            self._velocity = bin_to_velocity(value, self.codec.num_velocity_bins)
         elif kind == "program":
             self._program = value
         else:  # tie

@@ -1,20 +1,28 @@
 """Audio in, MIDI out: ``Transcriber.from_checkpoint(path).transcribe(wav, sr)``.
 
-A track is resampled to 16 kHz mono, cut into 256-frame segments (MT3's padding, see
-:mod:`musicgen.transcription.frontend`), the segments are decoded greedily in batches and
-their tokens stitched by segment start time with ties (:func:`stitch_segments`). Notes keep
+A track is resampled to 16 kHz mono, cut into segments of the model type's length (MT3's
+padding, see :mod:`musicgen.transcription.frontend`), the segments are decoded greedily in
+batches and their tokens stitched by segment start time (:func:`stitch_segments`). Notes keep
 the decoded programs; drum hits go to a drum instrument (MIDI channel 10).
+
+Model types (:data:`MODEL_TYPES`, as magenta/mt3's ``gin/mt3.gin`` and ``gin/ismir2021.gin``
+configure them): ``mt3``, multi-instrument, 256-frame segments, ties, 1 velocity bin,
+vocabulary 1536; ``ismir2021``, the piano model of Hawthorne et al. 2021, 512-frame segments,
+no ties, 127 velocity bins, ``flat`` programs, vocabulary 1664. A checkpoint's type is read
+from its vocabulary size unless given.
 
 Checkpoints: a directory (or its ``model.safetensors``) with ``config.json`` beside the
 weights, as written by :meth:`Transcriber.save`; a ``.ckpt`` of ``train.py`` with
-``solver=mt3`` (read with ``torch.load(weights_only=True)``); or a ``.npz`` of flattened
-t5x parameters of an official MT3 checkpoint (see :func:`model_from_t5x`).
+``solver=mt3`` (read with ``torch.load(weights_only=True)``); a t5x checkpoint directory as
+released for MT3 (:meth:`Transcriber.from_pretrained`); or a ``.npz`` of flattened t5x
+parameters (see :func:`model_from_t5x`).
 """
 
 from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +37,54 @@ from musicgen.errors import UserError
 from musicgen.notes import notes_to_midi
 from musicgen.transcription.frontend import LogMelFrontend, split_track
 from musicgen.transcription.model import MT3Config, MT3Model, model_from_t5x
-from musicgen.transcription.segments import SAMPLE_RATE, segment_origin_times, stitch_segments
+from musicgen.transcription.segments import (
+    SAMPLE_RATE,
+    SEGMENT_FRAMES,
+    segment_origin_times,
+    stitch_segments,
+)
+from musicgen.transcription.t5x_checkpoint import CHECKPOINT_FILE
 from musicgen.transcription.tokenize import DecodedNotes
-from musicgen.transcription.vocabulary import Granularity
+from musicgen.transcription.vocabulary import MT3_CODEC, Codec, Granularity
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 SOLVER_PREFIX = "model."  # parameter prefix of the model inside solvers.transcription.MT3Solver
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """How a model's tokens and segments are laid out (see the module docstring)."""
+
+    name: str
+    codec: Codec
+    segment_frames: int
+    ties: bool
+    granularity: Granularity
+
+
+MODEL_TYPES: dict[str, ModelType] = {
+    "mt3": ModelType("mt3", MT3_CODEC, SEGMENT_FRAMES, True, "full"),
+    "ismir2021": ModelType("ismir2021", Codec(num_velocity_bins=127), 512, False, "flat"),
+}
+
+
+def model_type_of(model: MT3Model, name: str | None = None) -> ModelType:
+    """The model type called ``name``, or the one whose vocabulary size the model has."""
+    if name is not None:
+        if name not in MODEL_TYPES:
+            raise UserError(f"unknown model type {name!r}: use one of {sorted(MODEL_TYPES)}")
+        kind = MODEL_TYPES[name]
+    else:
+        sizes = {kind.codec.vocab_size: kind for kind in MODEL_TYPES.values()}
+        kind = sizes.get(model.config.vocab_size, MODEL_TYPES["mt3"])
+    if model.config.vocab_size < kind.codec.vocab_size:
+        raise UserError(
+            f"the model's vocabulary of {model.config.vocab_size} ids is smaller than the "
+            f"{kind.codec.vocab_size} of model type {kind.name!r}: pass the model type it was "
+            "trained for"
+        )
+    return kind
 
 
 def transcribe_track(
@@ -46,10 +95,11 @@ def transcribe_track(
     max_length: int = 1024,
     use_cache: bool = True,
     grammar: Granularity | None = None,
+    model_type: ModelType = MODEL_TYPES["mt3"],
 ) -> DecodedNotes:
-    """Notes of a mono 16 kHz track ``(N,)``: segments decoded in batches, then stitched;
-    ``grammar``: see :meth:`MT3Model.greedy_decode`."""
-    segments, frames = split_track(samples)
+    """Notes of a mono 16 kHz track ``(N,)``: segments of the model type decoded in batches,
+    then stitched; ``grammar``: see :meth:`MT3Model.greedy_decode`."""
+    segments, frames = split_track(samples, model_type.segment_frames)
     device = next(model.parameters()).device
     tokens = []
     for start in range(0, len(segments), batch_size):
@@ -57,7 +107,8 @@ def transcribe_track(
             segments[start : start + batch_size].to(device), frames[start : start + batch_size]
         )
         tokens += list(model.generate(inputs, max_length, use_cache, grammar).cpu().numpy())
-    return stitch_segments(tokens, segment_origin_times(len(tokens)))
+    origins = segment_origin_times(len(tokens), model_type.segment_frames)
+    return stitch_segments(tokens, origins, codec=model_type.codec, ties=model_type.ties)
 
 
 def _load_ckpt(path: Path) -> MT3Model:
@@ -110,7 +161,9 @@ def _load_t5x(path: Path) -> MT3Model:
 
 class Transcriber:
     """An :class:`MT3Model` with its front end and decoding settings (``grammar``: the program
-    granularity to constrain decoding with, see :meth:`MT3Model.greedy_decode`)."""
+    granularity to constrain decoding with, see :meth:`MT3Model.greedy_decode`, ``mt3`` models
+    only; ``model_type``: a name in :data:`MODEL_TYPES`, by default read from the vocabulary
+    size)."""
 
     def __init__(
         self,
@@ -118,20 +171,37 @@ class Transcriber:
         batch_size: int = 32,
         max_length: int = 1024,
         grammar: Granularity | None = None,
+        model_type: str | None = None,
     ) -> None:
         self.model = model.eval()
+        self.model_type = model_type_of(model, model_type)
+        if grammar is not None and self.model_type.codec != MT3_CODEC:
+            raise UserError(
+                "grammar-constrained decoding needs MT3's vocabulary, not that of "
+                f"{self.model_type.name!r}: leave the grammar out"
+            )
         self.frontend = LogMelFrontend().to(next(model.parameters()).device)
         self.batch_size, self.max_length, self.grammar = batch_size, max_length, grammar
 
     @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "cpu", **kwargs) -> Transcriber:
+        """Load a t5x checkpoint directory of MT3 (:meth:`MT3Model.from_t5x`); ``kwargs`` go to
+        the constructor (``model_type`` defaults to the one of the checkpoint's vocabulary)."""
+        return cls(MT3Model.from_t5x(directory).to(device), **kwargs)
+
+    @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs) -> Transcriber:
-        """Load an exported directory, a ``model.safetensors``, a train.py ``.ckpt`` or a t5x ``.npz``."""
+        """Load an exported directory, a ``model.safetensors``, a train.py ``.ckpt``, a t5x
+        checkpoint directory or a t5x ``.npz``."""
         path = Path(path)
+        if (path.is_dir() and (path / CHECKPOINT_FILE).is_file()) or path.name == CHECKPOINT_FILE:
+            return cls.from_pretrained(path, device, **kwargs)
         if path.is_dir():
             path = path / WEIGHTS_FILE
         if not path.is_file():
             raise UserError(
-                f"checkpoint {path} does not exist: pass an exported model directory or a .ckpt of train.py"
+                f"checkpoint {path} does not exist: pass an exported model directory, a .ckpt of "
+                "train.py or a t5x checkpoint directory"
             )
         if path.suffix == ".ckpt":
             model = _load_ckpt(path)
@@ -170,6 +240,7 @@ class Transcriber:
             self.max_length,
             use_cache,
             self.grammar,
+            self.model_type,
         )
 
     def transcribe(

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -31,50 +33,77 @@ MAX_SHIFT_STEPS = 1000  # 10 s
 NUM_VELOCITY_BINS = 1
 MAX_MIDI_VELOCITY = 127
 
-# (event type, number of values); each range starts at value 0.
-EVENT_RANGES: tuple[tuple[str, int], ...] = (
-    ("shift", MAX_SHIFT_STEPS + 1),
-    ("pitch", 128),
-    ("velocity", NUM_VELOCITY_BINS + 1),
-    ("tie", 1),
-    ("program", 128),
-    ("drum", 128),
-)
-_SIZES = dict(EVENT_RANGES)
-_OFFSETS = dict(zip(_SIZES, itertools.accumulate((0, *_SIZES.values())), strict=False))
-NUM_CODEC_IDS = sum(_SIZES.values())  # 1388
-
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 NUM_SPECIAL_IDS = 3
 _T5_EXTRA_IDS = 100
-VOCAB_SIZE = 128 * math.ceil((NUM_SPECIAL_IDS + NUM_CODEC_IDS + _T5_EXTRA_IDS) / 128)  # 1536
 
 Granularity = Literal["flat", "midi_class", "full"]
 GRANULARITIES: tuple[Granularity, ...] = ("flat", "midi_class", "full")
 
 
-def codec_range(event_type: str) -> tuple[int, int]:
-    """Inclusive ``(first, last)`` codec ids of an event type."""
-    first = _OFFSETS[event_type]
-    return first, first + _SIZES[event_type] - 1
+@dataclass(frozen=True)
+class Codec:
+    """MT3's event codec with ``num_velocity_bins`` velocity bins: 1 for MT3 (the table in the
+    module docstring), 127 for the ISMIR 2021 piano model (1514 codec ids, vocabulary 1664)."""
+
+    num_velocity_bins: int = NUM_VELOCITY_BINS
+
+    @cached_property
+    def event_ranges(self) -> tuple[tuple[str, int], ...]:
+        """(event type, number of values); each range starts at value 0."""
+        return (
+            ("shift", MAX_SHIFT_STEPS + 1),
+            ("pitch", 128),
+            ("velocity", self.num_velocity_bins + 1),
+            ("tie", 1),
+            ("program", 128),
+            ("drum", 128),
+        )
+
+    @cached_property
+    def _offsets(self) -> dict[str, int]:
+        sizes = dict(self.event_ranges)
+        return dict(zip(sizes, itertools.accumulate((0, *sizes.values())), strict=False))
+
+    @property
+    def num_codec_ids(self) -> int:
+        return sum(size for _, size in self.event_ranges)
+
+    @property
+    def vocab_size(self) -> int:
+        """Embedding rows: specials, codec ids and T5's 100 extra ids, rounded up to 128."""
+        return 128 * math.ceil((NUM_SPECIAL_IDS + self.num_codec_ids + _T5_EXTRA_IDS) / 128)
+
+    def codec_range(self, event_type: str) -> tuple[int, int]:
+        """Inclusive ``(first, last)`` codec ids of an event type."""
+        first = self._offsets[event_type]
+        return first, first + dict(self.event_ranges)[event_type] - 1
+
+    def encode_event(self, event_type: str, value: int) -> int:
+        """Codec id of an event; ``ValueError`` when the value is outside the type's range."""
+        if event_type not in self._offsets:
+            raise ValueError(f"unknown event type {event_type!r}")
+        size = dict(self.event_ranges)[event_type]
+        if not 0 <= value < size:
+            raise ValueError(f"{event_type} value {value} outside [0, {size - 1}]")
+        return self._offsets[event_type] + int(value)
+
+    def decode_event(self, codec_id: int) -> tuple[str, int]:
+        """``(event type, value)`` of a codec id; ``ValueError`` outside ``[0, num_codec_ids)``."""
+        if 0 <= codec_id < self.num_codec_ids:
+            for name, size in self.event_ranges:
+                if codec_id < self._offsets[name] + size:
+                    return name, int(codec_id) - self._offsets[name]
+        raise ValueError(f"codec id {codec_id} outside [0, {self.num_codec_ids})")
 
 
-def encode_event(event_type: str, value: int) -> int:
-    """Codec id of an event; ``ValueError`` when the value is outside the type's range."""
-    if event_type not in _OFFSETS:
-        raise ValueError(f"unknown event type {event_type!r}")
-    if not 0 <= value < _SIZES[event_type]:
-        raise ValueError(f"{event_type} value {value} outside [0, {_SIZES[event_type] - 1}]")
-    return _OFFSETS[event_type] + int(value)
-
-
-def decode_event(codec_id: int) -> tuple[str, int]:
-    """``(event type, value)`` of a codec id; ``ValueError`` outside ``[0, NUM_CODEC_IDS)``."""
-    if 0 <= codec_id < NUM_CODEC_IDS:
-        for name, size in EVENT_RANGES:
-            if codec_id < _OFFSETS[name] + size:
-                return name, int(codec_id) - _OFFSETS[name]
-    raise ValueError(f"codec id {codec_id} outside [0, {NUM_CODEC_IDS})")
+MT3_CODEC = Codec()
+EVENT_RANGES = MT3_CODEC.event_ranges
+NUM_CODEC_IDS = MT3_CODEC.num_codec_ids  # 1388
+VOCAB_SIZE = MT3_CODEC.vocab_size  # 1536
+codec_range = MT3_CODEC.codec_range
+encode_event = MT3_CODEC.encode_event
+decode_event = MT3_CODEC.decode_event
 
 
 def token(event_type: str, value: int = 0) -> int:
