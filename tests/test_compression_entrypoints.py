@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+from evaluate import restore_checkpoint
 from musicgen.compression import CompressionModel
+from musicgen.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 # The tiny preset at the toy dataset's rate (3 s items: evaluate 2 s crops), small batches.
@@ -102,16 +106,13 @@ def test_evaluate_refuses_what_does_not_fit_the_checkpoint(
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     damaged = tmp_path / "damaged.ckpt"
     damaged.write_bytes(ckpt.read_bytes()[:5000])
+    # Through the command line: a mismatch found in the checkpoint's config, and one in its weights.
     cases = [
         (["solver=mt3", f"checkpoint={ckpt}"], "trained with solver=compression"),
         (
             ["solver=compression", "solver.module.codec.dimension=32", f"checkpoint={ckpt}"],
             "does not fit the model",
         ),
-        (["solver=compression", f"checkpoint={damaged}"], "cannot be read"),
-        (["solver=compression", f"checkpoint={tmp_path}/none.ckpt"], "does not exist"),
-        (["solver=compression"], "no checkpoint given"),
-        (["solver=compression", "checkpoint="], "no checkpoint given"),
     ]
     for args, message in cases:
         result = subprocess.run(
@@ -125,3 +126,16 @@ def test_evaluate_refuses_what_does_not_fit_the_checkpoint(
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
         assert "weights_only=False" not in result.stderr
+    # The checkpoint itself, checked before anything else (same code path, in this process).
+    files = {
+        f"checkpoint={damaged}": "cannot be read",
+        f"checkpoint={tmp_path}/none.ckpt": "does not exist",
+        "checkpoint=": "no checkpoint given",
+        "": "no checkpoint given",
+    }
+    for override, message in files.items():
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("evaluate", overrides=["solver=compression", *filter(None, [override])])
+        with pytest.raises(UserError, match=message) as caught:
+            restore_checkpoint(cfg)
+        assert "weights_only" not in str(caught.value)
