@@ -334,6 +334,26 @@ def test_cli_transcribes_with_a_t5x_checkpoint(model_type: str, tmp_path: Path) 
     pretty_midi.PrettyMIDI(str(mid))
 
 
+def test_bfloat16_and_absolute_paths(tmp_path: Path) -> None:
+    """bfloat16 arrays (in the msgpack file and as zarr) read as float32; a spec whose path
+    was absolute where it was written finds the folder of that name beside the file."""
+    values = np.array([[1.5, -2.0, 0.15625], [3.0, 0.0, -0.5]], dtype=np.float32)
+    bits = (values.view(np.uint32) >> 16).astype("<u2")
+    array_dir = tmp_path / "target.b"
+    array_dir.mkdir()
+    meta = {"zarr_format": 2, "shape": [2, 3], "chunks": [2, 3], "dtype": "bfloat16"}
+    (array_dir / ".zarray").write_text(json.dumps({**meta, "compressor": None, "order": "C"}))
+    (array_dir / "0.0").write_bytes(bits.tobytes())
+    inline = msgpack.ExtType(1, msgpack.packb(((2, 3), "bfloat16", bits.tobytes())))
+    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": "/elsewhere/target.b"}}
+    tree = {"version": 3, "optimizer": {"target": {"a": inline, "b": spec}}}
+    (tmp_path / "checkpoint").write_bytes(msgpack.packb(tree, use_bin_type=True))
+    params = read_t5x_checkpoint(tmp_path)
+    for name in ("target/a", "target/b"):
+        assert params[name].dtype == np.float32
+        np.testing.assert_array_equal(params[name], values)
+
+
 def _break(directory: Path, how: str) -> None:
     array = directory / "target.decoder.logits_dense.kernel"
     if how == "garbage checkpoint file":

@@ -125,8 +125,11 @@ def _leaf_array(name: str, leaf: Any, directory: Path) -> np.ndarray:
         return leaf
     if not _is_spec(leaf):
         raise ValueError(f"{name} is neither an array nor a tensorstore spec")
+    path = directory / _spec_path(leaf)
+    if not path.is_dir():  # a path written absolute elsewhere: its folder beside the file
+        path = directory / path.name
     try:
-        return read_zarr(directory / _spec_path(leaf))
+        return read_zarr(path)
     except (ValueError, KeyError, TypeError, OSError, zlib.error) as err:
         raise ValueError(f"array {name}: {first_line(err)}") from None
 
