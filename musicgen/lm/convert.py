@@ -7,12 +7,14 @@ The HF decoder (``MusicgenMelodyForCausalLM``, the ``decoder.`` part of
 final LayerNorm and K bias-free heads. Its separate q/k/v projections are packed into our
 ``in_proj`` and its K heads into our one fused ``heads`` layer.
 
-The conditions are prepended differently: HF puts the projected chroma
+The conditions are prepended differently from our own models': HF puts the projected chroma
 (``audio_enc_to_dec_proj``, looped to ``chroma_length`` frames) *before* the projected T5 text
-(``enc_to_dec_proj``) and attends to every prefix position (padding and dropped conditions are
-zero vectors, not masked keys); :class:`~musicgen.conditioners.ConditionProvider` puts text first
-and masks. :func:`condition_projections_from_hf_musicgen_melody` gives both projections in our
-``nn.Linear`` layout; to reproduce HF, prepend ``[melody, text]`` and pass no prefix mask.
+(``enc_to_dec_proj``) and attends to every prefix position (text padding and a dropped text are
+zero vectors, not masked keys; a dropped melody is the projected one-hot of chroma bin 0).
+:func:`load_hf_musicgen_melody` builds a
+:class:`~musicgen.conditioners.ConditionProvider` with ``released_layout`` set, which does that:
+its prefix and null prefix fed to :meth:`MusicLM.generate` give transformers' ``generate``
+(``guidance_scale``) tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from typing import Any
 
 import torch
 
+from musicgen.conditioners.melody import MelodyConditioner
+from musicgen.conditioners.provider import ConditionProvider
+from musicgen.conditioners.text import TextConditioner
 from musicgen.errors import UserError
 from musicgen.lm.config import LMConfig
 from musicgen.lm.model import MusicLM
@@ -35,11 +40,14 @@ DECODER = "model.decoder."
 class HFMusicgenMelody:
     """What :func:`load_hf_musicgen_melody` reads: the converted ``lm``, the condition
     projections (``{"text": ..., "melody": ...}``, ``nn.Linear`` state dicts; a name is absent
-    when HF needs no projection for it) and HF's ``chroma_length`` (melody frames prepended)."""
+    when HF needs no projection for it), HF's ``chroma_length`` (melody frames prepended) and the
+    ``conditions`` (T5 text and chroma, in the released layout; None for a decoder-only folder or
+    a folder without tokenizer files)."""
 
     lm: MusicLM
     projections: dict[str, dict[str, torch.Tensor]]
     chroma_length: int | None
+    conditions: ConditionProvider | None = None
 
 
 def _get(config: Any, name: str) -> Any:
@@ -146,6 +154,37 @@ def condition_projections_from_hf_musicgen_melody(
     }
 
 
+def _load_projection(linear: torch.nn.Linear, state: dict[str, torch.Tensor] | None) -> None:
+    """``linear`` <- ``state``; HF's missing projection (equal widths) is the identity."""
+    if state is None:
+        state = {"weight": torch.eye(linear.out_features), "bias": torch.zeros(linear.out_features)}
+    linear.load_state_dict(state)
+
+
+def released_conditions(
+    hf_model: Any, projections: dict[str, dict[str, torch.Tensor]], tokenizer: object
+) -> ConditionProvider:
+    """The condition provider of a ``MusicgenMelodyForConditionalGeneration``: its T5 encoder
+    with ``tokenizer`` (no truncation below the tokenizer's limit) and the chroma on
+    ``chroma_length`` frames, both through the converted projections, in the released layout."""
+    config, dim = hf_model.config, int(hf_model.config.decoder.hidden_size)
+    text = TextConditioner(
+        dim,
+        name="t5",
+        max_length=min(int(getattr(tokenizer, "model_max_length", 512)), 512),
+        loaded=(hf_model.text_encoder, tokenizer),
+    )
+    melody = MelodyConditioner(
+        dim,
+        sample_rate=int(config.audio_encoder.sampling_rate),
+        n_chroma=int(config.num_chroma),
+        duration_frames=int(config.chroma_length),
+    )
+    _load_projection(text.proj, projections.get("text"))
+    _load_projection(melody.proj, projections.get("melody"))
+    return ConditionProvider(text, melody, released_layout=True)
+
+
 MELODY_TYPES = ("musicgen_melody", "musicgen_melody_decoder")
 TEXT_ONLY_TYPES = {
     "musicgen": "MusicgenForConditionalGeneration",
@@ -173,9 +212,11 @@ def _check_melody_config(path: Path, config: Any) -> None:
 def load_hf_musicgen_melody(folder: str | Path, device: str = "cpu") -> HFMusicgenMelody:
     """Convert a local ``save_pretrained`` folder of ``MusicgenMelodyForConditionalGeneration``
     (e.g. a download of facebook/musicgen-melody) or of its ``MusicgenMelodyForCausalLM``
-    decoder; read with ``from_pretrained(..., local_files_only=True)``, never downloaded."""
+    decoder; read with ``from_pretrained(..., local_files_only=True)``, never downloaded. A whole
+    model's folder with tokenizer files (as a download has them) also gives its ``conditions``."""
     from transformers import (
         AutoConfig,
+        AutoTokenizer,
         MusicgenMelodyForCausalLM,
         MusicgenMelodyForConditionalGeneration,
     )
@@ -203,4 +244,13 @@ def load_hf_musicgen_melody(folder: str | Path, device: str = "cpu") -> HFMusicg
     lm.load_state_dict(lm_state)
     projections = condition_projections_from_hf_musicgen_melody(state)
     chroma_length = getattr(hf_model.config, "chroma_length", None)
-    return HFMusicgenMelody(lm.to(device).eval(), projections, chroma_length)
+    conditions = None
+    if model_class is MusicgenMelodyForConditionalGeneration and _has_tokenizer(path):
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        conditions = released_conditions(hf_model, projections, tokenizer).to(device).eval()
+    return HFMusicgenMelody(lm.to(device).eval(), projections, chroma_length, conditions)
+
+
+def _has_tokenizer(path: Path) -> bool:
+    """Whether ``path`` holds tokenizer files (a download does; ``save_pretrained`` does not)."""
+    return (path / "tokenizer_config.json").is_file()
