@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mir_eval
+import mir_eval.transcription_velocity
 import numpy as np
 import pytest
 
@@ -39,6 +40,34 @@ def test_three_reference_notes_two_matched() -> None:
     assert two_of_three["onset_precision"] == 1.0
     assert two_of_three["onset_recall"] == pytest.approx(2 / 3)
     assert two_of_three["onset_f1"] == pytest.approx(0.8)
+
+
+def test_onset_offset_velocity_as_mir_eval_transcription_velocity() -> None:
+    """Velocities are compared after mir_eval's rescaling: a linear map of the reference
+    velocities matches; a note far off the fit does not."""
+    ref = notes((0.0, 1.0, 60, 40), (1.0, 2.0, 62, 80), (2.0, 3.0, 64, 120))
+    scaled = ref.copy()
+    scaled[:, 3] = ref[:, 3] * 0.5 + 10
+    assert track_metrics(ref, scaled)["onset_offset_velocity_f1"] == 1.0
+    off = ref.copy()
+    off[:, 3] = [40, 80, 20]
+    scores = track_metrics(ref, off)
+    assert scores["onset_offset_f1"] == 1.0
+    hz = mir_eval.util.midi_to_hz
+    p, r, f, _ = mir_eval.transcription_velocity.precision_recall_f1_overlap(
+        ref[:, [START, END]],
+        hz(ref[:, PITCH]),
+        ref[:, 3],
+        off[:, [START, END]],
+        hz(off[:, PITCH]),
+        off[:, 3],
+    )
+    assert f < 1.0
+    assert scores["onset_offset_velocity_f1"] == pytest.approx(f)
+    assert (
+        scores["onset_offset_velocity_precision"],
+        scores["onset_offset_velocity_recall"],
+    ) == pytest.approx((p, r))
 
 
 def test_onset_tolerance_offsets_and_semitones() -> None:

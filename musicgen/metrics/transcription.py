@@ -5,6 +5,10 @@ reference duration or at least 50 ms):
 
 * ``onset_*``: notes matched on onset and pitch (``offset_ratio=None``), drums left out;
 * ``onset_offset_*``: matched on onset, pitch and offset, drums left out;
+* ``onset_offset_velocity_*``: matched on onset, pitch, offset and velocity
+  (``mir_eval.transcription_velocity``: estimated velocities rescaled to the reference's by a
+  least-squares fit over the matched notes, tolerance 0.1 of the reference velocity range),
+  drums left out; the piano model's third note score (MT3's ``Onset + offset + velocity``);
 * ``frame_*``: pitch x frame cells of pretty_midi piano rolls at 62.5 frames/s, drums left out,
   notes shorter than 50 ms lengthened to 50 ms, reference cells active where the summed
   velocity exceeds 30, estimated cells wherever positive;
@@ -23,9 +27,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import mir_eval
+import mir_eval.transcription_velocity
 import numpy as np
 
-from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, notes_to_midi
+from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, VELOCITY, notes_to_midi
 from musicgen.transcription.vocabulary import GRANULARITIES, Granularity, map_program
 
 FRAMES_PER_SECOND = 62.5
@@ -33,14 +38,21 @@ FRAME_VELOCITY_THRESHOLD = 30
 MIN_FRAME_NOTE_SECONDS = 0.05
 
 
-def _count_matches(ref: np.ndarray, est: np.ndarray, with_offsets: bool) -> int:
-    """Number of mir_eval note matches (pitches converted from MIDI to Hz)."""
+def _count_matches(
+    ref: np.ndarray, est: np.ndarray, with_offsets: bool, with_velocity: bool = False
+) -> int:
+    """Number of mir_eval note matches (pitches converted from MIDI to Hz); ``with_velocity``
+    matches velocities too (and always offsets)."""
     args = []
     for notes in (ref, est):
         notes = notes[notes[:, END] > notes[:, START]]  # as MT3, zero-length notes are left out
         args += [notes[:, [START, END]], mir_eval.util.midi_to_hz(notes[:, PITCH])]
-    if len(args[0]) == 0 or len(args[2]) == 0:
+        if with_velocity:
+            args.append(notes[:, VELOCITY])
+    if len(args[0]) == 0 or len(args[len(args) // 2]) == 0:
         return 0
+    if with_velocity:
+        return len(mir_eval.transcription_velocity.match_notes(*args))
     mir_eval.transcription.validate(*args)
     offset_ratio = 0.2 if with_offsets else None
     return len(mir_eval.transcription.match_notes(*args, offset_ratio=offset_ratio))
@@ -108,6 +120,12 @@ def track_metrics(ref: np.ndarray, est: np.ndarray) -> dict[str, float]:
     scores = {
         **_scores("onset", _count_matches(ref_pitched, est_pitched, False), n_ref, n_est),
         **_scores("onset_offset", _count_matches(ref_pitched, est_pitched, True), n_ref, n_est),
+        **_scores(
+            "onset_offset_velocity",
+            _count_matches(ref_pitched, est_pitched, True, with_velocity=True),
+            n_ref,
+            n_est,
+        ),
         **frame_scores(ref_pitched, est_pitched),
         **_scores(
             "drum_onset",
