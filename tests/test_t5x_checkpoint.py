@@ -133,11 +133,14 @@ def _write_zarr_tensorstore(directory: Path, array: np.ndarray) -> None:
     ts.open(spec, create=True).result().write(array).result()
 
 
-def write_t5x_checkpoint(directory: Path, params: dict[str, np.ndarray], writer: str) -> Path:
+def write_t5x_checkpoint(
+    directory: Path, params: dict[str, np.ndarray], writer: str, version: int = 3
+) -> Path:
     """A t5x checkpoint directory: 1-D parameters inside the msgpack file, the others as zarr
     arrays beside it referenced by tensorstore specs (t5x's current spec by tensorstore; by
     hand alternately the current and the older GCS spec with a top-level path, gzip or raw);
-    Adafactor-like optimizer state and a step counter, which the reader skips."""
+    Adafactor-like optimizer state and a step counter, which the reader skips. Version 0
+    files hold the optimizer tree at the top, later ones under ``optimizer``."""
     directory.mkdir(parents=True, exist_ok=True)
     target: dict = {}
     for i, (path, array) in enumerate(params.items()):
@@ -169,7 +172,9 @@ def write_t5x_checkpoint(directory: Path, params: dict[str, np.ndarray], writer:
             "decoder": {"decoder_norm": {"scale": {"v": np.ones(D_MODEL, np.float32)}}}
         },
     }
-    tree = {"version": 3, "optimizer": {"target": target, "state": state}}
+    tree = {"target": target, "state": state}
+    if version:
+        tree = {"version": version, "optimizer": tree}
     (directory / "checkpoint").write_bytes(msgpack.packb(tree, default=_pack, use_bin_type=True))
     return directory
 
@@ -185,6 +190,14 @@ def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 def test_reader_returns_every_array_of_target(checkpoint) -> None:
     _, directory, params = checkpoint
     loaded = read_t5x_checkpoint(directory)
+    assert set(loaded) == {"target/" + k for k in params}
+    for path, array in params.items():
+        np.testing.assert_array_equal(loaded["target/" + path], array, err_msg=path)
+
+
+def test_version_0_layout(tmp_path: Path) -> None:
+    params = distinct_params(1536)
+    loaded = read_t5x_checkpoint(write_t5x_checkpoint(tmp_path, params, "by_hand", version=0))
     assert set(loaded) == {"target/" + k for k in params}
     for path, array in params.items():
         np.testing.assert_array_equal(loaded["target/" + path], array, err_msg=path)
@@ -336,7 +349,8 @@ def test_cli_transcribes_with_a_t5x_checkpoint(model_type: str, tmp_path: Path) 
 
 def test_bfloat16_and_absolute_paths(tmp_path: Path) -> None:
     """bfloat16 arrays (in the msgpack file and as zarr) read as float32; a spec whose path
-    was absolute where it was written finds the folder of that name beside the file."""
+    (here a kvstore URL) was absolute where it was written finds the folder of that name beside
+    the file."""
     values = np.array([[1.5, -2.0, 0.15625], [3.0, 0.0, -0.5]], dtype=np.float32)
     bits = (values.view(np.uint32) >> 16).astype("<u2")
     array_dir = tmp_path / "target.b"
@@ -345,7 +359,7 @@ def test_bfloat16_and_absolute_paths(tmp_path: Path) -> None:
     (array_dir / ".zarray").write_text(json.dumps({**meta, "compressor": None, "order": "C"}))
     (array_dir / "0.0").write_bytes(bits.tobytes())
     inline = msgpack.ExtType(1, msgpack.packb(((2, 3), "bfloat16", bits.tobytes())))
-    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": "/elsewhere/target.b"}}
+    spec = {"driver": "zarr", "kvstore": "file:///elsewhere/target.b/"}
     tree = {"version": 3, "optimizer": {"target": {"a": inline, "b": spec}}}
     (tmp_path / "checkpoint").write_bytes(msgpack.packb(tree, use_bin_type=True))
     params = read_t5x_checkpoint(tmp_path)

@@ -96,8 +96,12 @@ def read_zarr(directory: Path) -> np.ndarray:
 
 
 def _spec_path(spec: Mapping[str, Any]) -> str:
-    """The array's path (relative to the checkpoint directory) in a tensorstore spec."""
-    path = spec.get("kvstore", {}).get("path") or spec.get("path")
+    """The array's path (relative to the checkpoint directory) in a tensorstore spec; its
+    kvstore is a dict or a URL (``file:///...``)."""
+    kvstore = spec.get("kvstore") or {}
+    if isinstance(kvstore, str):
+        kvstore = {"path": kvstore.split("://", 1)[-1]}
+    path = kvstore.get("path") or spec.get("path")
     if not path:
         raise ValueError(f"tensorstore spec without a path: {spec}")
     return str(path).strip("/")
