@@ -139,8 +139,21 @@ class MusicDataModule(L.LightningDataModule):
     def train_dataloader(self) -> EpochLoader:
         rank, world = self._rank()
         step = self.trainer.global_step if self.trainer is not None else 0
+        shards = split_shards(self.root, "train")
+        readers = world * max(1, self.num_workers)
+        if len(shards) < readers and rank == 0:
+            log.info(
+                "%d train shard(s) for %d readers (%d rank(s) x %d loader worker(s)): every reader "
+                "reads all shards and keeps its own share of the samples (python -m data.prepare "
+                "--min-shards %d gives each reader its own shards)",
+                len(shards),
+                readers,
+                world,
+                max(1, self.num_workers),
+                readers,
+            )
         stream = TrainStream(
-            split_shards(self.root, "train"),
+            shards,
             self.requirements.train_spec(),
             self.batch_size,
             self.shuffle_buffer,

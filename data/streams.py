@@ -4,7 +4,8 @@ Both take the distributed ``rank`` and ``world_size`` explicitly (the DataModule
 from the trainer) and the DataLoader worker from ``torch.utils.data.get_worker_info()``.
 
 * Training: the shard list is partitioned over the ``world_size * num_workers`` readers (when
-  there are fewer shards than readers every reader uses all of them), each reader cycles through
+  there are fewer shards than readers, every reader reads all shards and keeps its own share of
+  their samples, skipping the others' unread: :func:`sample_share`), each reader cycles through
   its shards endlessly in a new random order per pass, crops at random, and shuffles samples
   in a buffer. Being endless, the loader is cut into epochs of a fixed number of batches
   (:class:`EpochLoader`), so every rank runs the same number of steps. A reader whose own shards
@@ -12,9 +13,9 @@ from the trainer) and the DataLoader worker from ``torch.utils.data.get_worker_i
   shards instead, like a reader with no shard of its own; only when no shard gives a sample does
   it yield nothing, and then no reader of any rank has anything either: the epoch loader stops the
   run with one error naming the dataset.
-* Evaluation: every reader walks all shards in order and keeps the samples whose position ``i``
-  satisfies ``i % readers == reader``: each sample is seen exactly once across ranks and
-  workers, in a deterministic order.
+* Evaluation: every reader walks all shards in order and keeps its share of the samples
+  (:func:`sample_share`), skipping the others' by their tar headers without reading them: each
+  sample is seen exactly once across ranks and workers, in a deterministic order.
 
 Each stream counts its skipped samples in a :class:`data.skips.SharedSkips` (``stream.shared``)
 that its loader workers add to, so the main process reads the totals of all of them.
@@ -45,32 +46,37 @@ def _reader_index(rank: int, world_size: int) -> tuple[int, int]:
     return rank * workers + worker, world_size * workers
 
 
+def sample_share(shards: list[str], reader: int, readers: int) -> Callable[[str], Callable]:
+    """Sample-level splitting for readers that share shards: sample ``j`` of the ``s``-th shard
+    belongs to reader ``(s + j) % readers``, so each sample has exactly one reader. Returns, per
+    shard, the ``keep(j)`` test of this reader (the others' samples are skipped unread)."""
+    number = {shard: s for s, shard in enumerate(shards)}
+    return lambda shard: lambda j: (number[shard] + j) % readers == reader
+
+
 def decoded_samples(
     shards: Iterable[str],
     spec: SampleSpec,
     rng: np.random.Generator,
     skips: SkipCounter,
-    keep: Callable[[int], bool] = lambda index: True,
+    keep: Callable[[str], Callable[[int], bool]] | None = None,
     reports: Callable[[str], bool] = lambda shard: True,
 ) -> Iterator[dict]:
     """Read and decode the samples of ``shards``; bad ones are counted in ``skips`` and dropped.
 
-    ``keep(i)`` selects by the running position of the raw sample, before decoding.
-    ``reports(shard)`` says whether this reader counts the shard's own problems (damage, unsafe
-    keys), which every reader of the shard meets: readers sharing shards pick one each.
+    ``keep(shard)(j)`` selects the ``j``-th sample of ``shard`` before it is read (see
+    :func:`sample_share`). ``reports(shard)`` says whether this reader counts the shard's own
+    problems (damage), which every reader of the shard meets: readers sharing shards pick one
+    each. An unsafe key is counted by the reader whose sample it is.
     """
-    position = 0
     wanted = wanted_members(spec)
     for shard in shards:
 
         def on_error(reason: str, key: str | None, err: Exception, shard: str = shard) -> None:
-            if reports(shard):
+            if reason == "unsafe_key" and keep is not None or reports(shard):
                 skips.skip(reason, shard, key, str(err))
 
-        for raw in iter_tar_samples(shard, on_error, wanted):
-            index, position = position, position + 1
-            if not keep(index):
-                continue
+        for raw in iter_tar_samples(shard, on_error, wanted, keep and keep(shard)):
             try:
                 sample = decode_sample(raw, spec, rng)
             except SkipSample as skip:
@@ -157,33 +163,37 @@ class TrainStream(IterableDataset):
             if self.skips.samples == before:
                 return
 
-    def _endless_shards(self, mine: list[str], rng: random.Random) -> Iterator[str]:
-        """Passes over ``mine``; when one gives nothing, passes over all shards (see the module
-        docstring)."""
-        yield from self._passes(mine, rng)
-        if mine != self.shards:
+    def _samples(self, reader: int, readers: int) -> Iterator[dict]:
+        """Decoded samples of this reader's passes: over its own shards, or, with more readers
+        than shards, over every shard keeping its share of the samples; when such passes give
+        nothing, over all samples of all shards (see the module docstring)."""
+        owned = self.shards[reader::readers]
+        shared = len(self.shards) < readers
+        first, keep = (
+            (self.shards, sample_share(self.shards, reader, readers)) if shared else (owned, None)
+        )
+        rng = random.Random(f"{self.seed}-{reader}")
+        np_rng = np.random.default_rng([self.seed, reader])
+        reports = set(owned).__contains__
+        yield from decoded_samples(
+            self._passes(first, rng), self.spec, np_rng, self.skips, keep, reports
+        )
+        if shared or first != self.shards:
             log.warning(
-                "no usable sample in %d shard(s) (%s ...): this reader reads all %d train shards",
-                len(mine),
-                mine[0],
+                "no usable sample in this reader's share (%d shard(s), %s ...): it reads all "
+                "samples of all %d train shards",
+                len(first),
+                first[0],
                 len(self.shards),
             )
-            yield from self._passes(self.shards, rng)
+            everything = self._passes(self.shards, rng)
+            yield from decoded_samples(everything, self.spec, np_rng, self.skips, None, reports)
 
     def __iter__(self) -> Iterator[dict]:
         reader, readers = _reader_index(self.rank, self.world_size)
-        owned = self.shards[reader::readers]
-        mine = owned if len(self.shards) >= readers else self.shards
-        rng = random.Random(f"{self.seed}-{reader}")
-        np_rng = np.random.default_rng([self.seed, reader])
-        samples = decoded_samples(
-            self._endless_shards(mine, rng),
-            self.spec,
-            np_rng,
-            self.skips,
-            reports=set(owned).__contains__,
-        )
+        samples = self._samples(reader, readers)
         if self.shuffle_buffer > 1:
+            rng = random.Random(f"{self.seed}-{reader}-shuffle")
             samples = wds.shuffle(
                 self.shuffle_buffer, initial=min(self.shuffle_buffer, 32), rng=rng
             )(samples)
@@ -217,7 +227,7 @@ class EvalStream(IterableDataset):
             self.spec,
             rng,
             self.skips,
-            keep=lambda i: i % readers == reader,
+            keep=sample_share(self.shards, reader, readers),
             reports=set(self.shards[reader::readers]).__contains__,
         )
         yield from batched(samples, self.batch_size, drop_last=False)

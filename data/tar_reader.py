@@ -57,13 +57,15 @@ def iter_tar_samples(
     path: str,
     on_error: Callable[[str, str | None, Exception], None],
     wanted: Callable[[str], bool] | None = None,
+    keep: Callable[[int], bool] | None = None,
 ) -> Iterator[RawSample]:
     """Yield ``{"__key__": key, "__shard__": path, ext: bytes, ...}`` for each sample of a tar shard
     (``key`` made safe by :func:`safe_key`; a sample with an unsafe key calls
     ``on_error("unsafe_key", key, err)`` once and is dropped).
 
     Members of one sample must be consecutive (as WebDataset writes them). Only members whose
-    extension passes ``wanted`` are read (the others are skipped by seeking). A shard that cannot
+    extension passes ``wanted`` are read, and only samples whose position in the shard passes
+    ``keep`` (0, 1, ...): the others are skipped by seeking past them, from their tar headers. A shard that cannot
     be opened (missing, a folder, no permission) calls ``on_error("unreadable_shard", None, err)``,
     a file that is not an uncompressed tar ``on_error("not_a_tar", None, err)``, and a tar that
     ends early (truncated download, disk error) ``on_error("truncated_tar", key, err)``; the
@@ -71,6 +73,7 @@ def iter_tar_samples(
     """
     key: str | None = None
     sample: RawSample = {}
+    position = -1
     try:
         tar = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed in the finally block
     except tarfile.TarError as err:
@@ -87,8 +90,10 @@ def iter_tar_samples(
             if member_key != key:
                 if sample:
                     yield sample
-                key, sample = member_key, _new_sample(member_key, path, on_error)
-            if not sample:  # its key is unsafe
+                key, position = member_key, position + 1
+                kept = keep is None or keep(position)
+                sample = _new_sample(member_key, path, on_error) if kept else {}
+            if not sample:  # another reader's sample, or an unsafe key
                 continue
             if wanted is not None and not wanted(ext):
                 continue

@@ -194,3 +194,51 @@ def test_shard_writer_spreads_samples_over_min_shards_and_caps_their_size(tmp_pa
 def read_keys(shard: Path) -> list[str]:
     with tarfile.open(shard) as tar:
         return [m.name.split(".")[0] for m in tar.getmembers()]
+
+
+def first_pass_keys(stream: TrainStream) -> list[str]:
+    """The keys one reader yields until its endless stream repeats a sample."""
+    keys: list[str] = []
+    for batch in stream:
+        for key in batch["key"]:
+            if key in keys:
+                return keys
+            keys.append(key)
+    return keys
+
+
+def test_more_readers_than_shards_split_the_samples(toy_dataset: Path) -> None:
+    """3 train shards, 4 readers: every reader reads all shards and keeps its own samples, so
+    the readers' samples are disjoint and together the whole split (before: each read all)."""
+    shards = split_shards(toy_dataset, "train")
+    spec = SampleSpec(RATE, 1, 1.0, ("audio",), "random")
+    shares = [
+        first_pass_keys(TrainStream(shards, spec, 1, shuffle_buffer=0, rank=r, world_size=4))
+        for r in range(4)
+    ]
+    flat = [key for share in shares for key in share]
+    assert sorted(flat) == [f"toy-train-{i:03d}" for i in range(8)] and all(shares)
+
+
+def test_evaluation_skips_other_readers_samples_unread(
+    toy_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of 3 readers reads the payload of its own samples only (the others are skipped by
+    their tar headers), and together they see every sample once."""
+    read: list[str] = []
+    extract = tarfile.TarFile.extractfile
+
+    def counting(self: tarfile.TarFile, member: tarfile.TarInfo):
+        read.append(member.name.split(".")[0])
+        return extract(self, member)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", counting)
+    shards = split_shards(toy_dataset, "valid")
+    spec = SampleSpec(RATE, 1, None, ("audio",), "none")
+    seen = []
+    for rank in range(3):
+        read.clear()
+        keys = [k for b in EvalStream(shards, spec, 1, rank=rank, world_size=3) for k in b["key"]]
+        assert set(read) == set(keys)
+        seen += keys
+    assert sorted(seen) == [f"toy-valid-{i:03d}" for i in range(5)]
