@@ -18,7 +18,7 @@ CODEC_CKPT := $(RUNS)/demo-compression/checkpoints/last.ckpt
 MT3_CKPT := $(RUNS)/demo-mt3/checkpoints/last.ckpt
 MUSICGEN_CKPT := $(RUNS)/demo-musicgen-melody/checkpoints/last.ckpt
 
-.PHONY: install system-packages demo demo-data demo-compression demo-mt3 demo-musicgen test test-all lint bench clean
+.PHONY: install constraints system-packages demo demo-data demo-compression demo-mt3 demo-musicgen test test-all lint bench clean
 
 install: system-packages $(STAMP)
 
@@ -34,11 +34,15 @@ system-packages:
 	  fi; \
 	fi
 
-$(STAMP): setup.cfg pyproject.toml
+# constraints.txt: the versions the test suite last passed with (`make constraints` rewrites it).
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
+
+constraints: install
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > constraints.txt
 
 # The main job on the embedded default (about 20 minutes on 2 cores): build the synthetic dataset,
 # inspect and preview it, then train and evaluate each solver's CPU-tiny preset on it.
