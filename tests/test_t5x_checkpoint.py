@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
+import types
 from pathlib import Path
 
 import msgpack
@@ -26,6 +28,7 @@ from musicgen.transcription.segments import stitch_segments
 from musicgen.transcription.t5x_checkpoint import read_t5x_checkpoint
 from musicgen.transcription.transcriber import MODEL_TYPES, Transcriber
 from musicgen.transcription.vocabulary import EOS_ID, NUM_SPECIAL_IDS, Codec
+from tests.fixtures import mt3_source
 
 D_MODEL, HEADS, D_FF, LAYERS, INPUT_DEPTH = 32, 1, 48, 2, 512
 VOCAB = {"mt3": 1536, "ismir2021": 1664}
@@ -333,6 +336,80 @@ def test_piano_decoding_has_127_velocities_and_no_ties() -> None:
     decoded = stitch_segments([first, second], [0.0, 4.09], codec=codec, ties=False)
     assert decoded.invalid == 1
     np.testing.assert_allclose(decoded.notes[:, :4], [[0.0, 4.59, 60, 80]])
+
+
+class _Notes(list):
+    """``NoteSequence.notes`` with protobuf's ``add``."""
+
+    def add(self, **fields: object) -> None:
+        self.append(types.SimpleNamespace(instrument=0, **fields))
+
+
+class _Sequence:
+    def __init__(self, **kwargs: object) -> None:
+        self.notes, self.total_time = _Notes(), 0.0
+
+
+def _random_segment(rng: np.random.Generator, codec: Codec) -> list[int]:
+    """Codec ids of a plausible-to-garbled piano segment: shifts, velocities (many note-offs),
+    pitches in one octave, and a few ties, drums and programs."""
+    kinds = ["shift", "velocity", "pitch", "tie", "drum", "program"]
+    ids, step = [], 0
+    for kind in rng.choice(kinds, size=80, p=[0.25, 0.25, 0.44, 0.02, 0.02, 0.02]):
+        if kind == "shift":
+            step = max(1, step + int(rng.integers(-3, 40)))
+            value = step
+        elif kind == "velocity":
+            value = 0 if rng.random() < 0.4 else int(rng.integers(1, 128))
+        elif kind == "tie":
+            value = 0
+        else:
+            value = int(rng.integers(55, 66)) if kind != "program" else int(rng.integers(0, 3))
+        ids.append(codec.encode_event(str(kind), value))
+    return ids
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MT3_SOURCE"),
+    reason="set MT3_SOURCE to a magenta/mt3 checkout to run MT3's own code",
+)
+def test_piano_codec_and_decoding_match_mt3s_own_code() -> None:
+    """MT3's ``build_codec`` with 127 velocity bins and its note decoding without ties
+    (``NoteEncodingSpec``: ``decode_events`` + ``decode_note_event`` per segment in time order,
+    no tie section, then ``flush_note_decoding_state``) give our ids, notes and counts."""
+    mt3 = mt3_source.load(Path(os.environ["MT3_SOURCE"]))
+    mt3.note_sequences.note_seq.NoteSequence = _Sequence
+    theirs_codec = mt3.vocabularies.build_codec(
+        mt3.vocabularies.VocabularyConfig(num_velocity_bins=127)
+    )
+    codec = MODEL_TYPES["ismir2021"].codec
+    assert theirs_codec.num_classes == codec.num_codec_ids
+    for i in range(codec.num_codec_ids):
+        event = theirs_codec.decode_event_index(i)
+        assert (event.type, event.value) == codec.decode_event(i)
+    rng = np.random.default_rng(21)
+    starts = [0.0, 4.09, 8.19]
+    for _ in range(50):
+        segments = [_random_segment(rng, codec) for _ in starts]
+        state = mt3.note_sequences.NoteDecodingState()
+        invalid = dropped = 0
+        for i, (tokens, start) in enumerate(zip(segments, starts, strict=True)):
+            max_time = starts[i + 1] if i + 1 < len(starts) else None
+            counts = mt3.run_length_encoding.decode_events(
+                state, tokens, start, max_time, theirs_codec, mt3.note_sequences.decode_note_event
+            )
+            invalid, dropped = invalid + counts[0], dropped + counts[1]
+        ns = mt3.note_sequences.flush_note_decoding_state(state)
+        expected = sorted(
+            (n.start_time, n.end_time, n.pitch, n.velocity, n.program, int(n.is_drum))
+            for n in ns.notes
+        )
+        model_ids = [[t + NUM_SPECIAL_IDS for t in seg] + [EOS_ID] for seg in segments]
+        ours = stitch_segments(model_ids, starts, codec=codec, ties=False)
+        got = sorted(tuple(row) for row in ours.notes[:, :6].tolist())
+        assert (ours.invalid, ours.dropped) == (invalid, dropped)
+        assert len(got) == len(expected)
+        np.testing.assert_allclose(np.array(got, ndmin=2), np.array(expected, ndmin=2), atol=1e-6)
 
 
 @pytest.mark.parametrize("model_type", list(VOCAB))
