@@ -75,4 +75,4 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
         print(f"{step:4d}  {a:.7f}  {b:.7f}  {abs(a - b):.1e}")
     assert single[-1] < single[0], "the toy model should learn in a few steps"
     for a, b in zip(single, ddp, strict=True):
-        assert b == pytest.approx(a, rel=1e-3, abs=1e-6)
+        assert b == pytest.approx(a, rel=2e-5, abs=1e-8)  # measured: at most 7.5e-9 apart
