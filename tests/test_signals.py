@@ -169,7 +169,7 @@ def test_loader_workers_ignore_stop_signals_from_anyone_but_their_parent() -> No
         Endless(), batch_size=None, num_workers=2, worker_init_fn=ignore_stop_signals
     )
     iterator = iter(loader)
-    next(iterator)
+    next(iterator), next(iterator)  # one batch from each worker: both have run their init
     workers = iterator._workers
     for signum in STOP_SIGNALS:  # from another process, like scancel's
         pids = [str(w.pid) for w in workers]
