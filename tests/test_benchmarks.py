@@ -37,5 +37,7 @@ def test_make_bench_runs_every_script() -> None:
     makefile = (REPO / "Makefile").read_text()
     bench = makefile.split("\nbench:", 1)[1].split("\n\n", 1)[0]
     assert {s.name for s in SCRIPTS} == {
-        line.split("benchmarks/")[1].split()[0] for line in bench.splitlines() if "benchmarks/" in line
+        line.split("benchmarks/")[1].split()[0]
+        for line in bench.splitlines()
+        if "benchmarks/" in line
     }

@@ -91,9 +91,9 @@ def test_compression_logs_audio_and_spectrograms(
 @pytest.mark.parametrize("kind", LOGGERS)
 def test_musicgen_logs_samples_and_chroma_images(
     kind: str,
-    assets: dict,
+    assets: dict,  # noqa: F811 (the fixture imported above)
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     solver = make_solver(assets)
     validate(solver, tone_batch(), make_logger(kind, tmp_path, monkeypatch), tmp_path)
