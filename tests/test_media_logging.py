@@ -5,6 +5,7 @@ clips, spectrogram / chroma / piano-roll images, and MT3's transcribed MIDI file
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import lightning as L
@@ -23,6 +24,17 @@ from tests.test_musicgen_solver import assets, make_solver, tone_batch  # noqa: 
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 LOGGERS = ["tensorboard", "wandb"]
+
+
+@pytest.fixture(autouse=True)
+def no_shared_wandb_service():
+    """An in-process W&B run starts a service and names it in ``WANDB_SERVICE``, which every
+    later subprocess (a SLURM job of another test) would inherit and share: stop it after."""
+    yield
+    import wandb
+
+    wandb.teardown()
+    os.environ.pop("WANDB_SERVICE", None)
 
 
 def make_logger(kind: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> Logger:

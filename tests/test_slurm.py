@@ -63,6 +63,7 @@ def slurm_cluster() -> dict[str, str]:
     env["SLURM_CONF"] = str(STATE / "slurm.conf")
     env["WANDB_MODE"] = "offline"
     env.pop("WANDB_API_KEY", None)
+    env.pop("WANDB_SERVICE", None)  # a W&B service of this process: jobs must start their own
     yield env
     if started:
         subprocess.run([SCRIPT, "down"], env=env, capture_output=True, timeout=120)

@@ -159,8 +159,10 @@ class Postprocessor(nn.Module):
 
 def _numpy_safe_globals() -> list:
     """What a pickled numpy array needs under ``weights_only=True`` (numpy 1 and 2 module names)."""
-    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
-    reconstruct = core.multiarray._reconstruct
+    try:  # numpy 2 renamed numpy.core; numpy 1.26 has a partial numpy._core without the attribute
+        from numpy._core.multiarray import _reconstruct as reconstruct
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct as reconstruct
     return [
         (reconstruct, "numpy.core.multiarray._reconstruct"),
         (reconstruct, "numpy._core.multiarray._reconstruct"),
