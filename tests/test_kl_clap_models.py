@@ -158,6 +158,7 @@ def clap_cosine(model: torch.nn.Module, tokenizer, wav: torch.Tensor, text: str)
     return float(audio @ text_emb / (np.linalg.norm(audio) * np.linalg.norm(text_emb)))
 
 
+@pytest.mark.slow  # builds HTSAT-base + RoBERTa-base: ~15 s
 def test_laion_clap_score_matches_the_cosine_of_the_model_embeddings(clap: tuple) -> None:
     model, path, text_model = clap
     score = build_clap(path, text_model=text_model)

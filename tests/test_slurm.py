@@ -236,7 +236,7 @@ STOPS = {
     "stop",
     [
         "USR2",
-        "scontrol_requeue",
+        pytest.param("scontrol_requeue", marks=pytest.mark.slow),  # ~40 s: make test-all
         pytest.param("USR2_and_scontrol_requeue", marks=pytest.mark.slow),
     ],
 )
