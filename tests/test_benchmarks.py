@@ -4,6 +4,7 @@ folder, none of them may shadow a project package (``benchmarks/musicgen.py`` on
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,22 @@ def test_make_bench_runs_every_script() -> None:
         for line in bench.splitlines()
         if "benchmarks/" in line
     }
+
+
+def test_data_inspect_and_the_throughput_benchmark_run_on_shards(toy_dataset: Path) -> None:
+    """The README's ``python -m data.inspect "<shards>" --fields ...`` and
+    ``python benchmarks/data_throughput.py --root <dataset>``, for real on the toy dataset."""
+    inspect = subprocess.run(
+        [sys.executable, "-m", "data.inspect", f"{toy_dataset}/train-*.tar",
+         "--fields", "audio,stems,notes,caption"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert inspect.returncode == 0, inspect.stderr[-2000:]
+    assert json.loads(inspect.stdout.strip().splitlines()[-1])["samples_read"] == 8
+    bench = subprocess.run(
+        [sys.executable, "benchmarks/data_throughput.py", "--root", str(toy_dataset),
+         "--repeats", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    assert bench.stdout.strip().splitlines()[-1].startswith("{")  # the JSON line
