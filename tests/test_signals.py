@@ -21,6 +21,7 @@ import torch
 
 from data.worker_signals import STOP_SIGNALS, ignore_stop_signals
 from tests.fixtures.callbacks import read_reports
+from tests.test_fault_tolerance import wait_for_step
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_CONF = REPO / "tests" / "fixtures" / "conf"
@@ -64,22 +65,6 @@ def command(dataset: Path, tmp: Path, processes: int, workers: int, max_steps: i
         "+callbacks.slow.seconds=0.2",
         f"+callbacks.slow.progress={tmp / 'progress'}",
     ]
-
-
-def wait_for_step(tmp: Path, step: int, process: subprocess.Popen, timeout: float = 240) -> int:
-    """Wait until rank 0 has trained ``step`` steps; returns the step reached."""
-    deadline = time.monotonic() + timeout
-    progress = tmp / "progress"
-    while time.monotonic() < deadline:
-        assert process.poll() is None, (tmp / "stderr.log").read_text()[-3000:]
-        text = progress.read_text() if progress.exists() else ""
-        if text and int(text) >= step:
-            return int(text)
-        time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    raise AssertionError(
-        f"no step {step} in {timeout} s: {(tmp / 'stderr.log').read_text()[-2000:]}"
-    )
 
 
 def group_members(pgid: int) -> list[int]:
