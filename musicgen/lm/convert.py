@@ -1,17 +1,23 @@
-"""Official MusicGen-Melody weights in the Hugging Face ``transformers`` layout -> :class:`MusicLM`.
+"""Official MusicGen weights in the Hugging Face ``transformers`` layout -> :class:`MusicLM`.
 
-The HF decoder (``MusicgenMelodyForCausalLM``, the ``decoder.`` part of
-``MusicgenMelodyForConditionalGeneration``) is our LM up to parameter layout: K embeddings of
+The HF decoders (``MusicgenMelodyForCausalLM`` / ``MusicgenForCausalLM``, the ``decoder.`` part
+of ``MusicgenMelodyForConditionalGeneration`` / ``MusicgenForConditionalGeneration``) are our LM up
+to parameter layout: K embeddings of
 ``vocab_size + 1`` entries summed, ``[cos, sin]`` sinusoidal positions from 0 over
 ``[conditions, codes]``, pre-norm layers (LayerNorms with bias, no other bias), exact GELU, a
 final LayerNorm and K bias-free heads. Its separate q/k/v projections are packed into our
-``in_proj`` and its K heads into our one fused ``heads`` layer.
+``in_proj`` and its K heads into our one fused ``heads`` layer. The text-only models'
+cross-attention (``encoder_attn``, ``encoder_attn_layer_norm``) becomes our ``cross_attention``
+block (``LMConfig.cross_attention``): the projected T5 states (``enc_to_dec_proj``, zero at
+padding) are attended with the padding masked, and CFG's null rows are all-zero states, fully
+masked, which our default :class:`~musicgen.conditioners.ConditionProvider` gives (a dropped text
+is zero vectors, mask False).
 
 The conditions are prepended differently from our own models': HF puts the projected chroma
 (``audio_enc_to_dec_proj``, looped to ``chroma_length`` frames) *before* the projected T5 text
 (``enc_to_dec_proj``) and attends to every prefix position (text padding and a dropped text are
 zero vectors, not masked keys; a dropped melody is the projected one-hot of chroma bin 0).
-:func:`load_hf_musicgen_melody` builds a
+:func:`load_hf_musicgen` builds a
 :class:`~musicgen.conditioners.ConditionProvider` with ``released_layout`` set, which does that:
 its prefix and null prefix fed to :meth:`MusicLM.generate` give transformers' ``generate``
 (``guidance_scale``) tokens.
@@ -37,17 +43,19 @@ DECODER = "model.decoder."
 
 
 @dataclass
-class HFMusicgenMelody:
-    """What :func:`load_hf_musicgen_melody` reads: the converted ``lm``, the condition
+class HFMusicgen:
+    """What :func:`load_hf_musicgen` reads: the converted ``lm``, the condition
     projections (``{"text": ..., "melody": ...}``, ``nn.Linear`` state dicts; a name is absent
     when HF needs no projection for it), HF's ``chroma_length`` (melody frames prepended) and the
-    ``conditions`` (T5 text and chroma, in the released layout; None for a decoder-only folder or
-    a folder without tokenizer files)."""
+    ``conditions`` (T5 text and, for melody, chroma, as the released model reads them; None for a
+    decoder-only folder or a folder without tokenizer files) and the whole HF model
+    (``hf_model``, for its audio encoder)."""
 
     lm: MusicLM
     projections: dict[str, dict[str, torch.Tensor]]
     chroma_length: int | None
     conditions: ConditionProvider | None = None
+    hf_model: Any = None
 
 
 def _get(config: Any, name: str) -> Any:
@@ -55,15 +63,16 @@ def _get(config: Any, name: str) -> Any:
 
 
 def _decoder_config(config: Any) -> Any:
-    """The decoder part of a ``MusicgenMelodyConfig`` (or the decoder config itself)."""
+    """The decoder part of a ``MusicgenMelodyConfig`` / ``MusicgenConfig`` (or the decoder config
+    itself)."""
     if isinstance(config, Mapping):
         return config.get("decoder", config)
     return getattr(config, "decoder", config)
 
 
 def lm_config_from_hf(config: Any) -> LMConfig:
-    """:class:`LMConfig` of the HF decoder described by ``config`` (a ``MusicgenMelodyConfig``,
-    its ``decoder`` config, or their ``to_dict()``)."""
+    """:class:`LMConfig` of the HF decoder described by ``config`` (a ``MusicgenMelodyConfig`` or
+    ``MusicgenConfig``, its ``decoder`` config, or their ``to_dict()``)."""
     decoder = _decoder_config(config)
     activation = _get(decoder, "activation_function")
     if activation != "gelu":
@@ -84,6 +93,7 @@ def lm_config_from_hf(config: Any) -> LMConfig:
         bias=False,
         # stereo interleaves (left k, right k): both codebooks of level k have delay k
         delays=[k // channels for k in range(n_q)] if channels == 2 else None,
+        cross_attention=_get(decoder, "model_type") == "musicgen_decoder",
     )
 
 
@@ -97,13 +107,13 @@ def _decoder_state(hf_state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
     return dict(hf_state_dict)
 
 
-def lm_state_from_hf_musicgen_melody(
+def lm_state_from_hf(
     hf_state_dict: Mapping[str, torch.Tensor], config: Any
 ) -> tuple[LMConfig, dict[str, torch.Tensor]]:
-    """``(LMConfig, MusicLM state dict)`` equivalent to the HF MusicGen-Melody decoder.
+    """``(LMConfig, MusicLM state dict)`` equivalent to the HF MusicGen(-Melody) decoder.
 
-    ``hf_state_dict`` is the state dict of ``MusicgenMelodyForConditionalGeneration`` or of its
-    ``MusicgenMelodyForCausalLM`` decoder; ``config`` its config (see :func:`lm_config_from_hf`).
+    ``hf_state_dict`` is the state dict of ``Musicgen(Melody)ForConditionalGeneration`` or of its
+    ``Musicgen(Melody)ForCausalLM`` decoder; ``config`` its config (see :func:`lm_config_from_hf`).
     Every decoder tensor is used once; a missing one is a ``KeyError`` naming it.
     """
     cfg = lm_config_from_hf(config)
@@ -112,7 +122,7 @@ def lm_state_from_hf_musicgen_melody(
 
     def take(name: str) -> torch.Tensor:
         if name not in source:
-            raise KeyError(f"the HF MusicGen-Melody state dict has no {name!r}")
+            raise KeyError(f"the HF MusicGen state dict has no {name!r}")
         used.add(name)
         return source[name]
 
@@ -122,14 +132,19 @@ def lm_state_from_hf_musicgen_melody(
     state = {"emb": torch.stack(emb)}
     for i in range(cfg.num_layers):
         hf, ours = f"{DECODER}layers.{i}.", f"layers.{i}."
-        qkv = [take(f"{hf}self_attn.{p}_proj.weight") for p in "qkv"]
-        state[ours + "self_attn.in_proj.weight"] = torch.cat(qkv)
-        state[ours + "self_attn.out_proj.weight"] = take(hf + "self_attn.out_proj.weight")
-        state[ours + "linear1.weight"] = take(hf + "fc1.weight")
-        state[ours + "linear2.weight"] = take(hf + "fc2.weight")
-        for norm, hf_norm in (("norm1", "self_attn_layer_norm"), ("norm2", "final_layer_norm")):
+        attention = {"self_attn": ("self_attn", "self_attn_layer_norm", "norm1")}
+        if cfg.cross_attention:
+            attention["cross_attention"] = ("encoder_attn", "encoder_attn_layer_norm", "norm_cross")
+        for block, (hf_block, hf_norm, norm) in attention.items():
+            qkv = [take(f"{hf}{hf_block}.{p}_proj.weight") for p in "qkv"]
+            state[f"{ours}{block}.in_proj.weight"] = torch.cat(qkv)
+            state[f"{ours}{block}.out_proj.weight"] = take(f"{hf}{hf_block}.out_proj.weight")
             for p in ("weight", "bias"):
                 state[f"{ours}{norm}.{p}"] = take(f"{hf}{hf_norm}.{p}")
+        state[ours + "linear1.weight"] = take(hf + "fc1.weight")
+        state[ours + "linear2.weight"] = take(hf + "fc2.weight")
+        for p in ("weight", "bias"):
+            state[f"{ours}norm2.{p}"] = take(f"{hf}final_layer_norm.{p}")
     for p in ("weight", "bias"):
         state[f"out_norm.{p}"] = take(f"{DECODER}layer_norm.{p}")
     state["heads.weight"] = torch.cat([take(f"lm_heads.{k}.weight") for k in range(cfg.n_q)])
@@ -140,7 +155,7 @@ def lm_state_from_hf_musicgen_melody(
     return cfg, state
 
 
-def condition_projections_from_hf_musicgen_melody(
+def condition_projections_from_hf(
     hf_state_dict: Mapping[str, torch.Tensor],
 ) -> dict[str, dict[str, torch.Tensor]]:
     """``{"text": enc_to_dec_proj, "melody": audio_enc_to_dec_proj}`` as ``nn.Linear`` state
@@ -164,9 +179,10 @@ def _load_projection(linear: torch.nn.Linear, state: dict[str, torch.Tensor] | N
 def released_conditions(
     hf_model: Any, projections: dict[str, dict[str, torch.Tensor]], tokenizer: object
 ) -> ConditionProvider:
-    """The condition provider of a ``MusicgenMelodyForConditionalGeneration``: its T5 encoder
-    with ``tokenizer`` (no truncation below the tokenizer's limit) and the chroma on
-    ``chroma_length`` frames, both through the converted projections, in the released layout."""
+    """The condition provider of a ``Musicgen(Melody)ForConditionalGeneration``: its T5 encoder
+    with ``tokenizer`` (no truncation below the tokenizer's limit) through the converted
+    projection; for melody also the chroma on ``chroma_length`` frames, in the released layout
+    (melody then text, all attended); for text-only, the text with its padding masked."""
     config, dim = hf_model.config, int(hf_model.config.decoder.hidden_size)
     text = TextConditioner(
         dim,
@@ -174,81 +190,74 @@ def released_conditions(
         max_length=min(int(getattr(tokenizer, "model_max_length", 512)), 512),
         loaded=(hf_model.text_encoder, tokenizer),
     )
+    _load_projection(text.proj, projections.get("text"))
+    if config.model_type not in MELODY_TYPES:
+        return ConditionProvider(text)
     melody = MelodyConditioner(
         dim,
         sample_rate=int(config.audio_encoder.sampling_rate),
         n_chroma=int(config.num_chroma),
         duration_frames=int(config.chroma_length),
     )
-    _load_projection(text.proj, projections.get("text"))
     _load_projection(melody.proj, projections.get("melody"))
     return ConditionProvider(text, melody, released_layout=True)
 
 
 MELODY_TYPES = ("musicgen_melody", "musicgen_melody_decoder")
-TEXT_ONLY_TYPES = {
-    "musicgen": "MusicgenForConditionalGeneration",
-    "musicgen_decoder": "MusicgenForCausalLM",
-}
+TEXT_TYPES = ("musicgen", "musicgen_decoder")
+DECODER_TYPES = ("musicgen_melody_decoder", "musicgen_decoder")
 
 
-def _check_melody_config(path: Path, config: Any) -> None:
-    """A :class:`UserError` unless ``config`` is MusicGen-Melody's (whole model or decoder)."""
-    kind = config.model_type
-    if kind in MELODY_TYPES:
-        return
-    if kind in TEXT_ONLY_TYPES:
+def _model_class(path: Path, kind: str) -> type:
+    """The transformers class of a folder's ``model_type``; a :class:`UserError` for others."""
+    import transformers
+
+    names = {
+        "musicgen_melody": "MusicgenMelodyForConditionalGeneration",
+        "musicgen_melody_decoder": "MusicgenMelodyForCausalLM",
+        "musicgen": "MusicgenForConditionalGeneration",
+        "musicgen_decoder": "MusicgenForCausalLM",
+    }
+    if kind not in names:
         raise UserError(
-            f"{path} is a text-only MusicGen ({TEXT_ONLY_TYPES[kind]}, model_type {kind!r}): its "
-            "decoder reads the text through cross-attention, which is not supported yet; only "
-            "MusicGen-Melody (conditions prepended) converts"
+            f"{path} is not a MusicGen model folder (model_type {kind!r}, expected one of "
+            f"{list(names)})"
         )
-    raise UserError(
-        f"{path} is not a MusicGen-Melody model folder (model_type {kind!r}, expected one of "
-        f"{list(MELODY_TYPES)})"
-    )
+    return getattr(transformers, names[kind])
 
 
-def load_hf_musicgen_melody(folder: str | Path, device: str = "cpu") -> HFMusicgenMelody:
-    """Convert a local ``save_pretrained`` folder of ``MusicgenMelodyForConditionalGeneration``
-    (e.g. a download of facebook/musicgen-melody) or of its ``MusicgenMelodyForCausalLM``
-    decoder; read with ``from_pretrained(..., local_files_only=True)``, never downloaded. A whole
-    model's folder with tokenizer files (as a download has them) also gives its ``conditions``."""
-    from transformers import (
-        AutoConfig,
-        AutoTokenizer,
-        MusicgenMelodyForCausalLM,
-        MusicgenMelodyForConditionalGeneration,
-    )
+def load_hf_musicgen(folder: str | Path, device: str = "cpu") -> HFMusicgen:
+    """Convert a local ``save_pretrained`` folder of ``MusicgenForConditionalGeneration`` (e.g. a
+    download of facebook/musicgen-small or a stereo variant),
+    ``MusicgenMelodyForConditionalGeneration`` (facebook/musicgen-melody) or of their decoders
+    (``Musicgen(Melody)ForCausalLM``); read with ``from_pretrained(..., local_files_only=True)``,
+    never downloaded. A whole model's folder with tokenizer files (as a download has them) also
+    gives its ``conditions``."""
+    from transformers import AutoConfig, AutoTokenizer
 
     path = Path(folder)
     if not (path / "config.json").is_file():
         raise UserError(
             f"{path} is not a Hugging Face model folder (no config.json): pass the folder of a "
-            "MusicGen-Melody download (e.g. facebook/musicgen-melody)"
+            "MusicGen download (e.g. facebook/musicgen-small or facebook/musicgen-melody)"
         )
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-        _check_melody_config(path, config)
-        model_class = (
-            MusicgenMelodyForCausalLM
-            if config.model_type == "musicgen_melody_decoder"
-            else MusicgenMelodyForConditionalGeneration
-        )
-        hf_model = model_class.from_pretrained(path, local_files_only=True)
+        model_class = _model_class(path, config.model_type)
+        hf_model = model_class.from_pretrained(path, local_files_only=True).eval()
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load MusicGen-Melody weights from {path}: {err}") from err
+        raise UserError(f"cannot load MusicGen weights from {path}: {err}") from err
     state = hf_model.state_dict()
-    cfg, lm_state = lm_state_from_hf_musicgen_melody(state, hf_model.config)
+    cfg, lm_state = lm_state_from_hf(state, hf_model.config)
     lm = MusicLM(cfg)
     lm.load_state_dict(lm_state)
-    projections = condition_projections_from_hf_musicgen_melody(state)
+    projections = condition_projections_from_hf(state)
     chroma_length = getattr(hf_model.config, "chroma_length", None)
     conditions = None
-    if model_class is MusicgenMelodyForConditionalGeneration and _has_tokenizer(path):
+    if config.model_type not in DECODER_TYPES and _has_tokenizer(path):
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         conditions = released_conditions(hf_model, projections, tokenizer).to(device).eval()
-    return HFMusicgenMelody(lm.to(device).eval(), projections, chroma_length, conditions)
+    return HFMusicgen(lm.to(device).eval(), projections, chroma_length, conditions, hf_model)
 
 
 def _has_tokenizer(path: Path) -> bool:

@@ -3,7 +3,9 @@ out by the delay pattern, with conditions prepended as a prefix of embeddings.
 
 The input at each step is the sum of K token embeddings (``card + 1`` entries each; the last
 is the special token), plus sinusoidal positions; the decoder is causal over
-``[prefix, steps]``; K heads (one fused linear layer) give the logits of the next step of every
+``[prefix, steps]`` (with ``cross_attention`` the conditions are not prepended: every layer
+attends to them through its cross-attention block, as the text-only MusicGen models read T5;
+their keys and values are computed once per generation); K heads (one fused linear layer) give the logits of the next step of every
 codebook. Weights are initialised as AudioCraft's ``weight_init=gaussian,
 depthwise_init=current`` (truncated normal, std ``1 / sqrt(fan_in)``, divided by
 ``sqrt(2 * depth)`` inside layer ``depth``).
@@ -23,7 +25,13 @@ from musicgen.lm.config import LMConfig
 from musicgen.lm.loss import IGNORE, heads_cross_entropy
 from musicgen.lm.pattern import DelayPattern
 from musicgen.lm.sampling import sample_next
-from musicgen.lm.transformer import KVCache, SinusoidalPositions, TransformerLayer, attention_mask
+from musicgen.lm.transformer import (
+    KVCache,
+    SinusoidalPositions,
+    TransformerLayer,
+    attention_mask,
+    cross_attention_mask,
+)
 
 UNKNOWN = -1  # a sequence position still to be generated
 
@@ -96,6 +104,10 @@ class MusicLM(nn.Module):
         x = x.view(batch, steps, cfg.dim)
         offset = 0 if cache is None else cache.length
         key_valid = None if cache is None else cache.key_valid
+        cross, cross_mask = None, None
+        if cfg.cross_attention:
+            cross, cross_mask = self._cross(prefix, prefix_mask, cache, batch)
+            prefix = None
         if prefix is not None:
             if offset:
                 raise ValueError("the prefix goes with the first call on a KV cache")
@@ -115,10 +127,36 @@ class MusicLM(nn.Module):
             key_valid = key_valid[:, : offset + length]
         mask, causal = attention_mask(length, offset, key_valid, x.device)
         for index, layer in enumerate(self.layers):
-            x = layer(x, mask, causal, cache, index)
+            x = layer(x, mask, causal, cache, index, cross and cross[index], cross_mask)
         if cache is not None:
             cache.length += length
         return self.out_norm(x[:, -1] if last_only else x[:, length - steps :])
+
+    def _cross(
+        self,
+        conditions: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        batch: int,
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+        """Per layer, the cross-attention keys/values of ``conditions (B, P, dim)`` and their
+        mask (``mask (B, P)`` False: not attended); from the ``cache`` after its first call."""
+        if cache is not None and cache.cross is not None:
+            if conditions is not None:
+                raise ValueError("the conditions go with the first call on a KV cache")
+            return cache.cross, cache.cross_mask
+        dim = self.config.dim
+        if conditions is None or conditions.dim() != 3 or conditions.shape[::2] != (batch, dim):
+            shape = None if conditions is None else tuple(conditions.shape)
+            raise ValueError(
+                f"a cross-attention LM needs conditions (B={batch}, P, dim={dim}), got {shape}"
+            )
+        conditions = conditions.to(self.emb.dtype)
+        cross = [layer.cross_attention.keys_values(conditions) for layer in self.layers]
+        cross_mask = cross_attention_mask(mask)
+        if cache is not None:
+            cache.cross, cache.cross_mask = cross, cross_mask
+        return cross, cross_mask
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(..., dim)`` -> ``(..., K, card)``."""
@@ -133,7 +171,8 @@ class MusicLM(nn.Module):
     ) -> torch.Tensor:
         """Logits ``(B, K, S, card)`` of the step after each step of ``seq (B, K, S)`` (token ids
         in ``[0, card]``). ``prefix (B, P, dim)`` (condition embeddings, ``prefix_mask (B, P)``
-        False where absent) is prepended; with a ``cache`` it goes with the first call only."""
+        False where absent) is prepended (cross-attended with ``cross_attention``); with a
+        ``cache`` it goes with the first call only."""
         return self._logits(self._hidden(seq, prefix, prefix_mask, cache)).transpose(1, 2)
 
     def compute_loss(
@@ -207,7 +246,8 @@ class MusicLM(nn.Module):
             )
         cache = None
         if use_cache:
-            cache = KVCache((0 if prefix is None else prefix.shape[1]) + seq.shape[2] - 1)
+            prepended = 0 if prefix is None or self.config.cross_attention else prefix.shape[1]
+            cache = KVCache(prepended + seq.shape[2] - 1)
         steps = range(int(todo[0]), seq.shape[2])
         for step in tqdm(steps, disable=not progress, desc="generating", unit="step"):
             first = cache is None or cache.length == 0

@@ -1,9 +1,10 @@
 """Building blocks of the MusicGen decoder: sinusoidal positions, a preallocated key/value
-cache, causal self-attention on ``scaled_dot_product_attention`` and the (pre-norm) layer.
+cache, causal self-attention on ``scaled_dot_product_attention``, cross-attention on the
+conditions and the (pre-norm) layer.
 
 Layer parameter names follow AudioCraft's ``StreamingTransformerLayer`` (``self_attn.in_proj``
-packing query, key and value, ``self_attn.out_proj``, ``linear1``, ``linear2``, ``norm1``,
-``norm2``).
+packing query, key and value, ``self_attn.out_proj``, ``cross_attention``, ``norm_cross``,
+``linear1``, ``linear2``, ``norm1``, ``norm2``).
 """
 
 from __future__ import annotations
@@ -46,12 +47,15 @@ class SinusoidalPositions(nn.Module):
 class KVCache:
     """Keys and values of every layer, ``(B, H, capacity, head_dim)`` each, allocated at the
     first write and filled up to ``length``; ``key_valid`` ``(B, capacity)`` marks the keys that
-    may be attended to (None: all)."""
+    may be attended to (None: all). ``cross`` holds the cross-attention keys/values of the
+    conditions, per layer, computed once per generation, and ``cross_mask`` their mask."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.length = 0
         self.key_valid: torch.Tensor | None = None
+        self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.cross_mask: torch.Tensor | None = None
         self._layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(
@@ -126,12 +130,68 @@ class SelfAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
 
 
+def cross_attention_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
+    """Boolean mask ``(B, 1, 1, P)`` of the condition positions ``valid (B, P)`` marks True;
+    a row with none valid attends to all of them (its zero vectors: transformers' fully masked
+    rows give the same); None when nothing is masked."""
+    if valid is None:
+        return None
+    valid = valid.bool() | ~valid.bool().any(dim=1, keepdim=True)
+    return None if bool(valid.all()) else valid[:, None, None, :]
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from the decoder states to the conditions; ``in_proj`` packs the
+    query, key and value projections (AudioCraft's ``in_proj_weight`` layout)."""
+
+    def __init__(self, dim: int, num_heads: int, bias: bool, dropout: float) -> None:
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        self.in_proj = nn.Linear(dim, 3 * dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``(B, H, P, head_dim)`` of the conditions ``source (B, P, dim)``."""
+        dim = source.shape[-1]
+        bias = None if self.in_proj.bias is None else self.in_proj.bias[dim:]
+        keys, values = F.linear(source, self.in_proj.weight[dim:], bias).chunk(2, dim=-1)
+        return self._heads(keys), self._heads(values)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        keys_values: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``x (B, n, dim)`` attends to :meth:`keys_values`; ``mask`` from
+        :func:`cross_attention_mask`."""
+        dim = x.shape[-1]
+        bias = None if self.in_proj.bias is None else self.in_proj.bias[:dim]
+        query = self._heads(F.linear(x, self.in_proj.weight[:dim], bias))
+        out = F.scaled_dot_product_attention(
+            query,
+            *keys_values,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
 class TransformerLayer(nn.Module):
-    """Self-attention and GELU feed-forward blocks, pre-norm (``norm_first``) or post-norm."""
+    """Self-attention, (with ``cross_attention``) cross-attention and GELU feed-forward blocks,
+    pre-norm (``norm_first``) or post-norm."""
 
     def __init__(self, cfg: LMConfig) -> None:
         super().__init__()
         self.self_attn = SelfAttention(cfg.dim, cfg.num_heads, cfg.bias, cfg.dropout)
+        self.cross_attention: CrossAttention | None = None
+        self.norm_cross: nn.LayerNorm | None = None
+        if cfg.cross_attention:
+            self.cross_attention = CrossAttention(cfg.dim, cfg.num_heads, cfg.bias, cfg.dropout)
+            self.norm_cross = nn.LayerNorm(cfg.dim)
         self.linear1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=cfg.bias)
         self.linear2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=cfg.bias)
         self.norm1 = nn.LayerNorm(cfg.dim)
@@ -152,9 +212,17 @@ class TransformerLayer(nn.Module):
         causal: bool,
         cache: KVCache | None,
         layer: int,
+        cross: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cross_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``cross``: this layer's :meth:`CrossAttention.keys_values` of the conditions (with a
+        cross-attention block)."""
         if self.norm_first:
             x = x + self._drop(self.self_attn(self.norm1(x), mask, causal, cache, layer))
+            if self.cross_attention is not None:
+                x = x + self._drop(self.cross_attention(self.norm_cross(x), cross, cross_mask))
             return x + self._feed_forward(self.norm2(x))
         x = self.norm1(x + self._drop(self.self_attn(x, mask, causal, cache, layer)))
+        if self.cross_attention is not None:
+            x = self.norm_cross(x + self._drop(self.cross_attention(x, cross, cross_mask)))
         return self.norm2(x + self._feed_forward(x))
