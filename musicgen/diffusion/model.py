@@ -1,0 +1,174 @@
+"""``MultiBandDiffusion``: codec latent -> waveform with one diffusion U-Net per frequency band.
+
+As in MBD (arXiv 2308.02560) and AudioCraft: the waveform is split into ``n_bands`` mel bands
+(:mod:`musicgen.diffusion.bands`); band ``b``'s model learns to denoise that band, at the full
+sample rate, after its optional energy equalisation (:mod:`musicgen.diffusion.processor`),
+conditioned on the codec's continuous latent (B, latent_dim, frames) of the quantized tokens,
+which its U-Net projects and resizes to its bottleneck. Sampling starts every band from
+full-band white noise, runs each band's reverse process, undoes its equalisation and sums the
+bands (AudioCraft's ``MultiBandDiffusion.generate``).
+
+``unet``, ``schedule`` and ``processor`` are AudioCraft's ``diffusion_unet``, ``schedule`` and
+``processor`` configs: one dict for all bands, or a list of one dict per band (the released
+models equalise only their upper bands).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from musicgen.diffusion.bands import band_splitter
+from musicgen.diffusion.processor import build_processor
+from musicgen.diffusion.schedule import NoiseSchedule
+from musicgen.diffusion.unet import DiffusionUnet
+
+
+def per_band(value: dict | Sequence[dict], n_bands: int, name: str) -> list[dict]:
+    """``value`` as one dict per band (a single dict is shared by all bands)."""
+    if isinstance(value, dict):
+        return [dict(value) for _ in range(n_bands)]
+    items = [dict(item) for item in value]
+    if len(items) != n_bands:
+        raise ValueError(f"{name} has {len(items)} per-band configs for {n_bands} bands")
+    return items
+
+
+def randn(
+    shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Standard Gaussian noise of ``shape`` with ``like``'s dtype and device, drawn from
+    ``generator`` (on its own device) when given."""
+    if generator is None:
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(like)
+
+
+def randint(
+    high: int, count: int, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``count`` integers uniform in ``[0, high)`` on ``device`` (from ``generator`` when given)."""
+    if generator is None:
+        return torch.randint(0, high, (count,), device=device)
+    return torch.randint(0, high, (count,), generator=generator, device=generator.device).to(device)
+
+
+class MultiBandDiffusion(nn.Module):
+    """One conditional diffusion U-Net per band (see the module docstring).
+
+    ``hop_length`` is the codec's samples per latent frame, ``n_q`` the codebooks whose latent
+    it was trained on (None: unrecorded), ``cutoffs`` optional band edges in Hz (default:
+    mel-spaced), ``channels`` the audio channels. :attr:`config` holds these arguments.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        n_bands: int,
+        latent_dim: int,
+        hop_length: int,
+        unet: dict | Sequence[dict],
+        schedule: dict | Sequence[dict],
+        processor: dict | Sequence[dict],
+        channels: int = 1,
+        n_q: int | None = None,
+        cutoffs: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        unets = per_band(unet, n_bands, "unet")
+        schedules = per_band(schedule, n_bands, "schedule")
+        processors = per_band(processor, n_bands, "processor")
+        self.config = {
+            "sample_rate": sample_rate,
+            "n_bands": n_bands,
+            "latent_dim": latent_dim,
+            "hop_length": hop_length,
+            "unet": unet if isinstance(unet, dict) else unets,
+            "schedule": schedule if isinstance(schedule, dict) else schedules,
+            "processor": processor if isinstance(processor, dict) else processors,
+            "channels": channels,
+            "n_q": n_q,
+            "cutoffs": None if cutoffs is None else list(cutoffs),
+        }
+        self.sample_rate, self.n_bands, self.channels = sample_rate, n_bands, channels
+        self.latent_dim, self.hop_length, self.n_q = latent_dim, hop_length, n_q
+        self.schedules = [NoiseSchedule(**options) for options in schedules]
+        self.models = nn.ModuleList(
+            DiffusionUnet(chin=channels, num_steps=s.num_steps, codec_dim=latent_dim, **options)
+            for s, options in zip(self.schedules, unets, strict=True)
+        )
+        self.processors = nn.ModuleList(build_processor(sample_rate, **p) for p in processors)
+        self.splitter = band_splitter(sample_rate, n_bands, cutoffs) if n_bands > 1 else None
+
+    def split(self, wav: torch.Tensor) -> torch.Tensor:
+        """``wav`` (B, C, T) as its ``(n_bands, B, C, T)`` bands."""
+        return wav[None] if self.splitter is None else self.splitter(wav)
+
+    def _check(self, latent: torch.Tensor) -> None:
+        if latent.dim() != 3 or latent.shape[1] != self.latent_dim:
+            raise ValueError(
+                f"expected a codec latent of shape (batch, {self.latent_dim}, frames), "
+                f"got {tuple(latent.shape)}"
+            )
+
+    def training_loss(
+        self, wav: torch.Tensor, latent: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Noise-prediction MSE summed over bands (each band's U-Net gets the gradient of its own
+        loss, as when AudioCraft trains the bands separately): each item of ``wav`` (B, C, T) is
+        noised to its own random step (one step per batch when ``variable_step_batch`` is off)."""
+        self._check(latent)
+        total = wav.new_zeros(())
+        for band, model, processor, schedule in zip(
+            self.split(wav), self.models, self.processors, self.schedules, strict=True
+        ):
+            x = processor.project_sample(band, randn(band.shape, band, generator))
+            count = len(x) if schedule.variable_step_batch else 1
+            steps = randint(schedule.num_steps, count, x.device, generator).expand(len(x))
+            noise = randn(x.shape, x, generator)
+            noisy = schedule.noisy(x, steps, noise)
+            total = total + F.mse_loss(model(noisy, steps, latent), noise)
+        return total
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        latent: torch.Tensor,
+        steps: int = 20,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        length: int | None = None,
+    ) -> torch.Tensor:
+        """Audio ``(B, channels, length)`` (default ``frames * hop_length``) decoded from the
+        codec ``latent`` (B, latent_dim, frames) with ``steps`` denoising steps per band
+        (20: MBD's default chain 999, 949, ..., 49). Batched over items; reproducible for a
+        ``generator``."""
+        self._check(latent)
+        shape = (latent.shape[0], self.channels, length or latent.shape[-1] * self.hop_length)
+        out = latent.new_zeros(shape)
+        chains = [s.step_list(steps) for s in self.schedules]
+        bar = tqdm(
+            total=sum(len(c) - 1 for c in chains),
+            disable=not progress,
+            desc="diffusion",
+            unit="step",
+        )
+        with bar:
+            for model, processor, schedule, chain in zip(
+                self.models, self.processors, self.schedules, chains, strict=True
+            ):
+
+                def denoise(x: torch.Tensor, step: int, model: nn.Module = model) -> torch.Tensor:
+                    bar.update()
+                    return model(x, step, latent)
+
+                initial = randn(shape, out, generator)
+                z = schedule.generate_subsampled(
+                    denoise, initial, chain, lambda x: randn(x.shape, x, generator)
+                )
+                out += processor.return_sample(z)
+        return out
