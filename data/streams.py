@@ -1,9 +1,18 @@
-"""Iterable datasets over shards: an endless shuffled training stream and a finite evaluation stream.
+"""Iterable datasets over shards: an endless shuffled training stream and a finite evaluation stream,
+each a webdataset :class:`~webdataset.DataPipeline` per reader (rank x DataLoader worker).
 
 Both take the distributed ``rank`` and ``world_size`` explicitly (the DataModule reads them
 from the trainer) and the DataLoader worker from ``torch.utils.data.get_worker_info()``.
 
-* Training: the shard list is partitioned over the ``world_size * num_workers`` readers (when
+What webdataset does: the pipeline itself (``DataPipeline``), shard lists and their seeded
+shuffling (``SimpleShardList``), splitting a rank's shards over its loader workers
+(``split_by_worker``), the sample shuffle buffer (``shuffle``) and batching (``batched``).
+What we add, each where it is used, with the reason: splitting by rank with the trainer's rank,
+sample-level splitting when there are fewer shards than readers, reading tars by header (data.tar_reader),
+counting skips by reason, decoding without pickle (data.decode), whole passes instead of
+resampling, and epochs cut from one long-lived loader iterator (:class:`EpochLoader`).
+
+* Training: the shards are split over ranks and each rank's over its loader workers (when
   there are fewer shards than readers, every reader reads all shards and keeps its own share of
   their samples, skipping the others' unread: :func:`sample_share`), each reader cycles through
   its shards endlessly in a new random order per pass, crops at random, and shuffles samples
@@ -26,6 +35,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 
 import numpy as np
 import torch
@@ -40,37 +50,65 @@ from musicgen.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def _reader_index(rank: int, world_size: int) -> tuple[int, int]:
+def reader_index(rank: int, world_size: int) -> tuple[int, int]:
+    """This reader's number and the number of readers (``rank x loader workers``); it seeds the
+    reader's random streams and picks its share of the samples (:func:`sample_share`)."""
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
     return rank * workers + worker, world_size * workers
+
+
+def own_shards(shards: list[str], rank: int, world_size: int) -> list[str]:
+    """This reader's shards: the rank's ``shards[rank::world_size]``, split over its loader
+    workers by webdataset's ``split_by_worker``."""
+    # our rank split: wds.split_by_node takes the rank from $RANK or torch.distributed, while the
+    # streams get the trainer's rank explicitly (ranks are also simulated in one process in tests)
+    return list(wds.split_by_worker(shards[rank::world_size]))
 
 
 def sample_share(shards: list[str], reader: int, readers: int) -> Callable[[str], Callable]:
     """Sample-level splitting for readers that share shards: sample ``j`` of the ``s``-th shard
     belongs to reader ``(s + j) % readers``, so each sample has exactly one reader. Returns, per
     shard, the ``keep(j)`` test of this reader (the others' samples are skipped unread)."""
+    # our own: webdataset splits only whole shards (split_by_node/split_by_worker), so readers
+    # beyond the shard count would get nothing or, reading all, duplicate every sample
     number = {shard: s for s, shard in enumerate(shards)}
     return lambda shard: lambda j: (number[shard] + j) % readers == reader
 
 
+def shard_passes(shards: list[str], rng: random.Random, skips: SkipCounter) -> Iterator[dict]:
+    """``{"url": shard}`` for ``shards`` in a new random order per pass (webdataset's
+    ``SimpleShardList`` with a seed drawn per pass), until a pass gives no usable sample."""
+    # whole passes, not wds.ResampledShards: drawing with replacement sees samples unevenly and
+    # never tells when every shard has failed (the fall-back and the final error need that)
+    while True:
+        before = skips.samples
+        yield from wds.SimpleShardList(shards, seed=rng.random())
+        if skips.samples == before:
+            return
+
+
 def decoded_samples(
-    shards: Iterable[str],
+    shards: Iterable[str | dict],
     spec: SampleSpec,
     rng: np.random.Generator,
     skips: SkipCounter,
     keep: Callable[[str], Callable[[int], bool]] | None = None,
     reports: Callable[[str], bool] = lambda shard: True,
 ) -> Iterator[dict]:
-    """Read and decode the samples of ``shards``; bad ones are counted in ``skips`` and dropped.
+    """Read and decode the samples of ``shards`` (paths, or webdataset's ``{"url": path}``); bad
+    ones are counted in ``skips`` and dropped.
 
     ``keep(shard)(j)`` selects the ``j``-th sample of ``shard`` before it is read (see
     :func:`sample_share`). ``reports(shard)`` says whether this reader counts the shard's own
     problems (damage), which every reader of the shard meets: readers sharing shards pick one
     each. An unsafe key is counted by the reader whose sample it is.
     """
+    # our own decoding (data.decode): soundfile/json/pretty_midi only, never wds's pickle-capable
+    # decoders, and every rejection counted by reason rather than left to a handler
     wanted = wanted_members(spec)
-    for shard in shards:
+    for item in shards:
+        shard = item["url"] if isinstance(item, dict) else item
 
         def on_error(reason: str, key: str | None, err: Exception, shard: str = shard) -> None:
             if reason == "unsafe_key" and keep is not None or reports(shard):
@@ -119,18 +157,6 @@ def checked_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def batched(samples: Iterable[dict], batch_size: int, drop_last: bool) -> Iterator[dict]:
-    """Group samples into collated batches."""
-    bucket: list[dict] = []
-    for sample in samples:
-        bucket.append(sample)
-        if len(bucket) == batch_size:
-            yield collate(bucket)
-            bucket = []
-    if bucket and not drop_last:
-        yield collate(bucket)
-
-
 class TrainStream(IterableDataset):
     """Endless stream of random-crop training batches (see the module docstring)."""
 
@@ -153,31 +179,27 @@ class TrainStream(IterableDataset):
         self.shared = SharedSkips()
         self.skips = SkipCounter(self.shared)
 
-    def _passes(self, shards: list[str], rng: random.Random) -> Iterator[str]:
-        """``shards`` in a new random order per pass, until a pass gives no usable sample."""
-        while True:
-            before = self.skips.samples
-            order = list(shards)
-            rng.shuffle(order)
-            yield from order
-            if self.skips.samples == before:
-                return
-
     def _samples(self, reader: int, readers: int) -> Iterator[dict]:
         """Decoded samples of this reader's passes: over its own shards, or, with more readers
         than shards, over every shard keeping its share of the samples; when such passes give
         nothing, over all samples of all shards (see the module docstring)."""
-        owned = self.shards[reader::readers]
+        owned = own_shards(self.shards, self.rank, self.world_size)
         shared = len(self.shards) < readers
         first, keep = (
             (self.shards, sample_share(self.shards, reader, readers)) if shared else (owned, None)
         )
         rng = random.Random(f"{self.seed}-{reader}")
         np_rng = np.random.default_rng([self.seed, reader])
-        reports = set(owned).__contains__
-        yield from decoded_samples(
-            self._passes(first, rng), self.spec, np_rng, self.skips, keep, reports
+        read = partial(
+            decoded_samples,
+            spec=self.spec,
+            rng=np_rng,
+            skips=self.skips,
+            reports=set(owned).__contains__,
         )
+        yield from read(shard_passes(first, rng, self.skips), keep=keep)
+        # our fall-back: a reader left without usable data reads everything rather than stall
+        # its rank (webdataset has no notion of a reader's share being empty)
         if shared or first != self.shards:
             log.warning(
                 "no usable sample in this reader's share (%d shard(s), %s ...): it reads all "
@@ -186,18 +208,22 @@ class TrainStream(IterableDataset):
                 first[0],
                 len(self.shards),
             )
-            everything = self._passes(self.shards, rng)
-            yield from decoded_samples(everything, self.spec, np_rng, self.skips, None, reports)
+            yield from read(shard_passes(self.shards, rng, self.skips))
 
     def __iter__(self) -> Iterator[dict]:
-        reader, readers = _reader_index(self.rank, self.world_size)
-        samples = self._samples(reader, readers)
+        reader, readers = reader_index(self.rank, self.world_size)
+        shuffle = None
         if self.shuffle_buffer > 1:
             rng = random.Random(f"{self.seed}-{reader}-shuffle")
-            samples = wds.shuffle(
-                self.shuffle_buffer, initial=min(self.shuffle_buffer, 32), rng=rng
-            )(samples)
-        yield from batched(samples, self.batch_size, drop_last=True)
+            initial = min(self.shuffle_buffer, 32)
+            shuffle = wds.shuffle(self.shuffle_buffer, initial=initial, rng=rng)
+        return iter(
+            wds.DataPipeline(
+                partial(self._samples, reader, readers),
+                shuffle,
+                wds.batched(self.batch_size, collation_fn=collate, partial=False),
+            )
+        )
 
 
 class EvalStream(IterableDataset):
@@ -218,19 +244,28 @@ class EvalStream(IterableDataset):
         self.skips = SkipCounter(self.shared)
 
     def __iter__(self) -> Iterator[dict]:
-        reader, readers = _reader_index(self.rank, self.world_size)
-        rng = np.random.default_rng(
-            0
-        )  # only used by crop="random", which evaluation should not use
-        samples = decoded_samples(
-            self.shards,
-            self.spec,
-            rng,
-            self.skips,
+        if not self.shards:
+            return iter(())
+        reader, readers = reader_index(self.rank, self.world_size)
+        # every reader walks every shard in order and keeps its share (not split_by_node/worker):
+        # exactly-once coverage for any number of readers, and every rank gets a loader
+        decode = partial(
+            decoded_samples,
+            spec=self.spec,
+            rng=np.random.default_rng(
+                0
+            ),  # only used by crop="random", which evaluation should not use
+            skips=self.skips,
             keep=sample_share(self.shards, reader, readers),
-            reports=set(self.shards[reader::readers]).__contains__,
+            reports=set(own_shards(self.shards, self.rank, self.world_size)).__contains__,
         )
-        yield from batched(samples, self.batch_size, drop_last=False)
+        return iter(
+            wds.DataPipeline(
+                wds.SimpleShardList(self.shards),
+                decode,
+                wds.batched(self.batch_size, collation_fn=collate, partial=True),
+            )
+        )
 
 
 class EpochLoader:
@@ -241,6 +276,9 @@ class EpochLoader:
     continues where the previous epoch stopped. It ends only when no train shard of
     ``dataset_name`` gives a usable sample: a :class:`UserError` naming the dataset.
     """
+
+    # not wds.WebLoader(...).with_epoch(n): it starts a new loader iterator every epoch (new
+    # workers replaying the same seeds) and ends an exhausted stream silently instead of failing
 
     def __init__(self, loader: DataLoader, batches_per_epoch: int, dataset_name: str) -> None:
         if batches_per_epoch < 1:

@@ -10,19 +10,19 @@ absolute, has a ``..`` component or holds a NUL is skipped and counted as ``unsa
 
 from __future__ import annotations
 
-import posixpath
 import tarfile
 from collections.abc import Callable, Iterator
+
+from webdataset.tariterators import base_plus_ext
 
 RawSample = dict[str, bytes | str]
 
 
 def split_member_name(name: str) -> tuple[str, str]:
-    """``dir/key.bass.flac`` -> (``dir/key``, ``bass.flac``): the key ends at the basename's first dot."""
-    directory, base = posixpath.split(name)
-    stem, dot, ext = base.partition(".")
-    key = posixpath.join(directory, stem) if directory else stem
-    return key, ext.lower() if dot else ""
+    """``dir/key.bass.flac`` -> (``dir/key``, ``bass.flac``): the key ends at the basename's first
+    dot, as webdataset's ``base_plus_ext`` splits it; a name without one is all key."""
+    key, ext = base_plus_ext(name)
+    return (name, "") if key is None else (key, ext.lower())
 
 
 def safe_key(key: str) -> str:
@@ -71,6 +71,9 @@ def iter_tar_samples(
     ends early (truncated download, disk error) ``on_error("truncated_tar", key, err)``; the
     samples read before the damage are still yielded, the partial one is dropped.
     """
+    # our own reader, not wds.tar_file_iterator: that streams the tar (mode "r|*") and reads every
+    # member's bytes, while readers sharing a shard skip the others' samples by header here; it
+    # also leaves damage to one exception handler, where skips are counted by reason here
     key: str | None = None
     sample: RawSample = {}
     position = -1
