@@ -276,6 +276,19 @@ RULES: tuple[Rule, ...] = (
     Rule("solver.module.codec.ratios", "a list of integers >= 1", int_list(1)),
     Rule("solver.module.lm.delays", "a list of integers >= 0, one per codebook", int_list(0)),
     Rule("solver.module.codebooks", "a list of codebook counts >= 1", int_list(1)),
+    Rule("solver.module.n_q", "a number of codebooks >= 1", integer(1)),
+    Rule(
+        "solver.module.eval_codebooks",
+        "a list of codebook counts >= 1, or null",
+        lambda v: v is None or int_list(1)(v),
+    ),
+    Rule("solver.module.sampling.steps", "a number of diffusion steps >= 1", integer(1)),
+    Rule("solver.module.sampling.seed", "an integer >= 0", integer(0)),
+    Rule("solver.module.diffusion.n_bands", POSITIVE_INT, integer(1)),
+    Rule("solver.module.diffusion.unet.hidden", POSITIVE_INT, integer(1)),
+    Rule("solver.module.diffusion.unet.depth", POSITIVE_INT, integer(1)),
+    Rule("solver.module.diffusion.schedule.num_steps", "an integer >= 2", integer(2)),
+    Rule("solver.module.diffusion.processor.use", "true or false", is_bool),
     *(
         Rule(f"solver.module.losses.{key}", "a loss weight >= 0", number(0))
         for key in ("adv", "feat", "msspec", "l1")

@@ -115,6 +115,15 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
     "solver.module.codec.ratios": ("compression", ["[]", "[8,0]", "[8,2.5]", "8"]),
     "solver.module.lm.delays": ("musicgen", ["[0,-1,2,3]", "[]", "abc"]),
     "solver.module.codebooks": ("compression", ["[]", "[0]", "abc"]),
+    "solver.module.n_q": ("diffusion", ["0", "2.5", "abc"]),
+    "solver.module.eval_codebooks": ("diffusion", ["[]", "[0]", "abc"]),
+    "solver.module.sampling.steps": ("diffusion", ["0", "2.5", "abc"]),
+    "solver.module.sampling.seed": ("diffusion", ["-1", "abc"]),
+    "solver.module.diffusion.n_bands": ("diffusion", ["0", "abc"]),
+    "solver.module.diffusion.unet.hidden": ("diffusion", ["0", "abc"]),
+    "solver.module.diffusion.unet.depth": ("diffusion", ["0", "abc"]),
+    "solver.module.diffusion.schedule.num_steps": ("diffusion", ["1", "abc"]),
+    "solver.module.diffusion.processor.use": ("diffusion", ["maybe"]),
     **{
         f"solver.module.losses.{key}": ("compression", ["-1", "abc"])
         for key in ("adv", "feat", "msspec", "l1")
@@ -170,6 +179,8 @@ def test_the_sweep_covers_every_rule() -> None:
         ("train", ["solver=mt3", "trainer=debug"]),
         ("train", ["solver=musicgen"]),
         ("train", ["solver=musicgen_melody", "+trainer.limit_train_batches=0.5"]),
+        ("train", ["solver=diffusion"]),
+        ("evaluate", ["solver=diffusion", "checkpoint=x.ckpt"]),
         *[("train", [f"solver={solver}", f"experiment={name}"]) for name, solver in EXPERIMENTS],
         ("evaluate", ["solver=mt3", "checkpoint=x.ckpt", "split=valid"]),
         ("train", ["solver=musicgen", "solver.module.optim.max_norm=null", "seed=0"]),
