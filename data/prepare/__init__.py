@@ -12,4 +12,5 @@ PREPARERS: dict[str, str] = {
     "maestro": "data.prepare.maestro",
     "slakh": "data.prepare.slakh",
     "musiccaps": "data.prepare.musiccaps",
+    "musdb": "data.prepare.musdb",
 }
