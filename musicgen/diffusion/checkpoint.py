@@ -178,15 +178,23 @@ def load_exactly(
 ) -> None:
     """Load ``weights`` into ``model``; a UserError names any missing or unused key (keys under
     ``own_buffers`` may be absent: the model computes them)."""
-    expected = {k for k in model.state_dict() if not k.startswith(own_buffers)}
-    missing = sorted(expected - weights.keys())
-    unused = sorted(weights.keys() - model.state_dict().keys())
-    if missing or unused:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
-        if unused:
-            parts.append(f"unused {', '.join(unused[:5])}" + (" ..." if len(unused) > 5 else ""))
+    own = model.state_dict()
+    expected = {k for k in own if not k.startswith(own_buffers)}
+    problems = {
+        "missing": sorted(expected - weights.keys()),
+        "unused": sorted(weights.keys() - own.keys()),
+        "wrong shape": sorted(
+            f"{k} {tuple(getattr(v, 'shape', ()))} (expected {tuple(own[k].shape)})"
+            for k, v in weights.items()
+            if k in own and getattr(v, "shape", None) != own[k].shape
+        ),
+    }
+    if any(problems.values()):
+        parts = [
+            f"{kind} {', '.join(keys[:5])}" + (" ..." if len(keys) > 5 else "")
+            for kind, keys in problems.items()
+            if keys
+        ]
         raise UserError(
             f"the weights in {path} do not fit the diffusion model its config describes "
             f"({'; '.join(parts)})"

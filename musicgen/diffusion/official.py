@@ -49,6 +49,12 @@ def safe_globals() -> list:
     return [
         *((PickledNode, name) for name in OMEGACONF_CLASSES),
         (typing.Any, "typing.Any"),
+        dict,  # node types (object_type) and plain values the nodes rebuild
+        list,
+        int,
+        float,
+        str,
+        bool,
         (collections.defaultdict, "collections.defaultdict"),
     ]
 
