@@ -133,9 +133,10 @@ def tf_separate(waveform: np.ndarray, v: dict, config: dict) -> tuple[np.ndarray
     waveforms ``(S, samples, channels)`` and masks ``(S, frames, bins, channels)``."""
     n_fft, hop, F, T = config["n_fft"], config["hop"], config["freq_bins"], config["patch_frames"]
     stems = config["stems"]
-    window = lambda frame_length, dtype: tf.signal.hann_window(
-        frame_length, periodic=True, dtype=dtype
-    )  # noqa: E731
+
+    def window(frame_length: int, dtype):  # Spleeter's window_fn
+        return tf.signal.hann_window(frame_length, periodic=True, dtype=dtype)
+
     wav = tf.concat([tf.zeros((n_fft, waveform.shape[1])), waveform], 0)
     stft = tf.transpose(
         tf.signal.stft(tf.transpose(wav), n_fft, hop, window_fn=window, pad_end=True),
