@@ -1,10 +1,15 @@
 """Decode an ``.ecdc`` file written by ``python -m musicgen.compress`` back to audio.
 
     python -m musicgen.decompress in.ecdc out.wav --checkpoint PATH
+    python -m musicgen.decompress in.ecdc out.wav --checkpoint PATH --decoder diffusion \
+        --diffusion-checkpoint MBD [--diffusion-steps 20] [--seed 0]
 
 ``PATH`` is the codec the file was compressed with (a saved codec directory, a ``train.py``
 checkpoint or an official EnCodec ``.th`` file); the file names it by model name and weight
 digest, and a different codec is refused. The audio is written piece by piece (16-bit PCM).
+With ``--decoder diffusion`` a MultiBand Diffusion decoder trained on that codec's tokens
+(``MBD``: a ``train.py`` checkpoint of ``solver=diffusion`` or AudioCraft's released weights)
+decodes the whole file at once instead of the codec's decoder.
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ import sys
 from pathlib import Path
 
 import soundfile as sf
+import torch
 
 from musicgen.compress import check_target, progress_bar
 from musicgen.compression import CompressionModel, EncodedAudio
 from musicgen.compression.config import OFFICIAL_FILES
 from musicgen.compression.container import read_ecdc
+from musicgen.diffusion import load_diffusion
+from musicgen.diffusion.cli import add_decoder_arguments, decoder_checkpoint
+from musicgen.diffusion.decoder import check_fits, decode_tokens
 from musicgen.errors import UserError
 
 
@@ -71,14 +80,25 @@ def check_codes(source: str | Path, header: dict, scales: int, model: Compressio
 
 
 def decompress(
-    source: str | Path, target: str | Path, checkpoint: str | Path | None = None
+    source: str | Path,
+    target: str | Path,
+    checkpoint: str | Path | None = None,
+    diffusion_checkpoint: str | Path | None = None,
+    diffusion_steps: int = 20,
+    seed: int = 0,
 ) -> dict:
-    """Write the audio coded in ``source`` to ``target`` (16-bit PCM at the codec's rate); returns the header."""
+    """Write the audio coded in ``source`` to ``target`` (16-bit PCM at the codec's rate); returns
+    the header. With ``diffusion_checkpoint`` that diffusion decoder decodes the codes."""
     header, codes, scales = read_ecdc(source)
     check_target(target)
     model = load_codec(source, header, checkpoint)
     check_codes(source, header, 0 if scales is None else len(scales), model)
-    pieces = model.decompress(EncodedAudio(codes, scales), header["length"])
+    if diffusion_checkpoint is None:
+        pieces = model.decompress(EncodedAudio(codes, scales), header["length"])
+    else:
+        pieces = diffusion_pieces(
+            source, model, codes, header, diffusion_checkpoint, diffusion_steps, seed
+        )
     try:
         with (
             sf.SoundFile(target, "w", model.sample_rate, model.channels, "PCM_16") as out,
@@ -92,6 +112,28 @@ def decompress(
     return header
 
 
+def diffusion_pieces(
+    source: str | Path,
+    model: CompressionModel,
+    codes: torch.Tensor,
+    header: dict,
+    diffusion_checkpoint: str | Path,
+    steps: int,
+    seed: int,
+) -> list[torch.Tensor]:
+    """The audio ``[(C, length)]`` of ``codes`` decoded by the diffusion decoder."""
+    if model.config.normalize or len(model.segments(header["length"])) > 1:
+        raise UserError(
+            f"{source} was coded in normalised segments ({model.config.name}), which the diffusion "
+            "decoder does not model: use --decoder codec"
+        )
+    diffusion = load_diffusion(diffusion_checkpoint)
+    check_fits(diffusion, model, codes.shape[0])
+    generator = torch.Generator().manual_seed(seed)
+    wav = decode_tokens(diffusion, model, codes[None], header["length"], steps, generator, True)
+    return [wav[0]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m musicgen.decompress", description=__doc__.split("\n\n")[0]
@@ -103,9 +145,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the codec the file was compressed with (saved codec directory, .ckpt or official .th)",
     )
+    add_decoder_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the diffusion decoder")
     args = parser.parse_args(argv)
     try:
-        decompress(args.source, args.target, args.checkpoint)
+        decompress(
+            args.source,
+            args.target,
+            args.checkpoint,
+            decoder_checkpoint(args),
+            args.diffusion_steps,
+            args.seed,
+        )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,8 @@
 
     python -m musicgen.generate --checkpoint PATH --text "a calm chorale" --duration 8 --out out.wav
     python -m musicgen.generate --checkpoint PATH --text "..." --melody in.wav --out out.wav
+    python -m musicgen.generate --checkpoint PATH --text "..." --out out.wav \
+        --decoder diffusion --diffusion-checkpoint MBD [--diffusion-steps 20]
 
 ``PATH`` is a ``train.py`` checkpoint of ``solver=musicgen`` or ``solver=musicgen_melody`` (its
 EMA weights when it has them). The melody is resampled to the model's rate, cropped or repeated
@@ -9,7 +11,9 @@ to ``--duration``, and goes through the model's stemmer; a model trained with th
 stemmer (the dataset's own stems) takes the file as the already-separated melody. Folders of
 pretrained parts the checkpoint names inside the training's ``paths.weights_dir`` are looked up
 in ``--weights-dir`` (default ``MUSICGEN_WEIGHTS`` or ``./weights``); ``--text-encoder``,
-``--stemmer`` and ``--demucs-repo`` replace them.
+``--stemmer`` and ``--demucs-repo`` replace them. ``--decoder diffusion`` decodes the tokens with a
+MultiBand Diffusion decoder (``MBD``: a ``train.py`` checkpoint of ``solver=diffusion`` or
+AudioCraft's released weights) instead of the codec.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import soundfile as sf
 import torch
 
 from musicgen.compress import read_audio
+from musicgen.diffusion import load_diffusion
+from musicgen.diffusion.cli import add_decoder_arguments, decoder_checkpoint
 from musicgen.errors import UserError
 from musicgen.musicgen_model import MusicGen
 
@@ -40,10 +46,14 @@ def generate(
     device: str = "cpu",
     extend_stride: float | None = None,
     local: dict | None = None,
+    diffusion_checkpoint: str | Path | None = None,
+    diffusion_steps: int = 20,
 ) -> tuple[torch.Tensor, int]:
     """Write ``out`` (16-bit WAV at the model's rate); returns its audio ``(C, T)`` and rate.
     ``local``: this machine's folders for the pretrained parts (``weights_dir``, ``text_dir``,
-    ``stemmer``, ``demucs_repo``: see :meth:`MusicGen.from_checkpoint`)."""
+    ``stemmer``, ``demucs_repo``: see :meth:`MusicGen.from_checkpoint`). With
+    ``diffusion_checkpoint`` the tokens are decoded by that MultiBand Diffusion decoder."""
+    diffusion = None if diffusion_checkpoint is None else load_diffusion(diffusion_checkpoint)
     model = MusicGen.from_checkpoint(checkpoint, device, **(local or {}))
     wav = stems = None
     if melody is not None:
@@ -63,6 +73,9 @@ def generate(
         generator=generator,
         progress=True,
         extend_stride=extend_stride,
+        decoder="codec" if diffusion is None else "diffusion",
+        diffusion=diffusion,
+        diffusion_steps=diffusion_steps,
     )[0]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stemmer", choices=("demucs", "oracle", "none"), default=None, help="melody stemmer"
     )
     parser.add_argument("--demucs-repo", default=None, help="local Demucs folder to use instead")
+    add_decoder_arguments(parser)
     args = parser.parse_args(argv)
     local = {
         "weights_dir": args.weights_dir,
@@ -110,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "demucs_repo": args.demucs_repo,
     }
     try:
+        diffusion_checkpoint = decoder_checkpoint(args)
         audio, rate = generate(
             args.checkpoint,
             args.text,
@@ -124,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             args.extend_stride,
             local,
+            diffusion_checkpoint,
+            args.diffusion_steps,
         )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

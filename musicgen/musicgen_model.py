@@ -23,6 +23,8 @@ from musicgen.conditioners.melody import MelodyConditioner
 from musicgen.conditioners.provider import ConditionProvider
 from musicgen.conditioners.stemmers import STEMS, build_stemmer
 from musicgen.conditioners.text import TextConditioner
+from musicgen.diffusion import MultiBandDiffusion
+from musicgen.diffusion.decoder import check_fits, decode_tokens, resolve_diffusion
 from musicgen.errors import UserError
 from musicgen.lm import LMConfig, MusicLM
 from musicgen.paths import default_folders, resolve_references
@@ -237,6 +239,9 @@ class MusicGen(nn.Module):
         generator: torch.Generator | None = None,
         progress: bool = False,
         extend_stride: float | None = None,
+        decoder: str = "codec",
+        diffusion: MultiBandDiffusion | str | Path | None = None,
+        diffusion_steps: int = 20,
     ) -> torch.Tensor:
         """Audio ``(B, channels, duration * sample_rate)`` for the captions ``texts``.
 
@@ -247,7 +252,18 @@ class MusicGen(nn.Module):
         ``melody`` (melody models only) is cropped or repeated to ``duration``; ``melody_stems``
         ``(B, S, C, T)`` at the model's rate are what the ``oracle`` stemmer keeps from.
         ``cfg_coef`` 1 (or 0) turns classifier-free guidance off; ``temperature`` 0 is greedy.
+        ``decoder="diffusion"`` decodes the tokens with ``diffusion`` (a MultiBand Diffusion
+        decoder or its checkpoint path) in ``diffusion_steps`` steps instead of the codec.
         """
+        if decoder not in ("codec", "diffusion"):
+            raise UserError(f"decoder must be codec or diffusion, got {decoder!r}")
+        if decoder == "diffusion":
+            if diffusion is None:
+                raise UserError(
+                    "decoder='diffusion' needs diffusion= (a decoder or its checkpoint)"
+                )
+            diffusion = resolve_diffusion(diffusion).to(self._device)
+            check_fits(diffusion, self.codec, self.lm.config.n_q)
         if duration <= 0:
             raise UserError(f"duration must be positive, got {duration}")
         if not texts:
@@ -288,6 +304,10 @@ class MusicGen(nn.Module):
             if start + frames >= total:
                 break
             start += stride
+        if decoder == "diffusion":
+            return decode_tokens(
+                diffusion, self.codec, codes, length, diffusion_steps, generator, progress
+            )
         return self.decode(codes, length)
 
     def _windows(self, total: int, extend_stride: float | None) -> tuple[int, int]:
