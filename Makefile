@@ -86,6 +86,7 @@ bench: install
 	$(PY) benchmarks/transcription.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/musicgen_lm.py
+	$(PY) benchmarks/diffusion.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

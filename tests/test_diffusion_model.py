@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 from musicgen.diffusion import MultiBandDiffusion, load_diffusion
 from musicgen.diffusion.bands import merge_bands, split_bands
 from musicgen.diffusion.checkpoint import save_diffusion
+from musicgen.diffusion.reference import SKIP_REASON, audiocraft_dir, load_modules
 from musicgen.diffusion.schedule import NoiseSchedule
 from musicgen.errors import UserError
-from tests.audiocraft_source import SKIP_REASON, audiocraft_dir, load_modules
 
 RATE, LATENT, HOP, BANDS = 8000, 6, 64, 2
 UNET = dict(hidden=4, depth=2, kernel=8, stride=4, growth=2, norm_groups=2, emb_all_layers=True)

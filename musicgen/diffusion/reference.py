@@ -1,4 +1,4 @@
-"""AudioCraft's own diffusion code, loaded file by file for differential tests.
+"""AudioCraft's own diffusion code, loaded file by file, for differential tests and benchmarks.
 
 The ``audiocraft`` package cannot be imported here (its ``__init__`` needs xformers, av and
 more), so its ``models/unet.py`` and ``modules/diffusion_schedule.py`` are loaded from an
