@@ -1,10 +1,19 @@
-"""Pipeline decode throughput against raw ``soundfile`` decoding of the same shards, in one run.
+"""Pipeline decode throughput against raw ``soundfile`` decoding of the same shards, in one run;
+with ``--data-wait``, the share of the training step spent waiting on the loader.
 
     python benchmarks/data_throughput.py [--root datasets/synth] [--split train] [--repeats 3]
+        [--data-wait compression_tiny,mt3_tiny,musicgen_melody_tiny] [--steps 40]
 
 Without ``--root`` (or if it is not prepared) a toy dataset of 20-second samples is written to a
 temporary folder. Prints a table and one JSON line; ``ratio`` is pipeline speed / raw speed for
-one worker (the target is >= 0.8).
+one reader in the process, ``ratio_1worker`` for one loader worker process (its start-up
+included) and ``ratio_1worker_steady`` for that worker once its first batch arrived (target >= 0.8).
+
+``--data-wait`` trains each preset for ``--steps`` batches on ``--root`` (``train.py``, the
+preset's own loader settings, no validation) with :class:`DataWaitTimer`: the time the training
+loop spends blocked in the loader's ``next()`` over the whole step time, after ``WARMUP`` batches
+(worker start-up), target < 5 %. ``musicgen_melody_tiny`` uses the ``compression_tiny`` run of
+the same invocation as its codec (run first).
 """
 
 from __future__ import annotations
@@ -12,12 +21,16 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import lightning as L
 import soundfile as sf
 from torch.utils.data import DataLoader
 
@@ -25,7 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from data.decode import AUDIO_EXTENSIONS, SampleSpec
 from data.shardlist import split_shards
-from data.streams import EvalStream
+from data.streams import EpochLoader, EvalStream
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP = 5  # batches left out of the data-wait share: loader workers start and fill their queues
 
 
 def raw_decode(shards: list[str]) -> tuple[int, float]:
@@ -54,6 +70,97 @@ def pipeline_decode(shards: list[str], rate: int, channels: int, workers: int) -
     return samples, seconds
 
 
+def steady_decode(
+    shards: list[str], rate: int, channels: int, repeats: int
+) -> tuple[int, float, float]:
+    """One loader worker after its start-up: samples, audio seconds and wall time from the first
+    batch's arrival to the end (the best of ``repeats``)."""
+    spec = SampleSpec(rate, channels, None, ("audio",), "none")
+    best = (0, 0.0, float("inf"))
+    for _ in range(repeats):
+        loader = DataLoader(EvalStream(shards, spec, batch_size=1), batch_size=None, num_workers=1)
+        samples, seconds, start = -1, 0.0, 0.0
+        for batch in loader:
+            if samples < 0:
+                samples, start = 0, time.perf_counter()
+                continue
+            samples, seconds = samples + 1, seconds + batch["audio"].shape[-1] / rate
+        wall = time.perf_counter() - start
+        best = min(best, (samples, seconds, wall), key=lambda r: r[2] / max(r[1], 1e-9))
+    return best
+
+
+class _TimedLoader:
+    """A DataLoader whose iterator records ``(start, seconds)`` of each ``next()`` in ``waits``."""
+
+    def __init__(self, loader: DataLoader, waits: list[tuple[float, float]]) -> None:
+        self.loader, self.dataset, self.waits = loader, loader.dataset, waits
+
+    def __iter__(self) -> Iterator[dict]:
+        iterator = iter(self.loader)
+        while True:
+            start = time.perf_counter()
+            batch = next(iterator, None)
+            if batch is None:
+                return
+            self.waits.append((start, time.perf_counter() - start))
+            yield batch
+
+
+class DataWaitTimer(L.Callback):
+    """Times the training loop's waits on the train loader against its steps and writes
+    ``{"batches", "wait_s", "step_s", "share", "first_wait_s"}`` to ``path`` when training ends
+    (benchmark only: ``+callbacks.data_wait._target_=benchmarks.data_throughput.DataWaitTimer``)."""
+
+    def __init__(self, path: str, warmup: int = WARMUP) -> None:
+        self.path, self.warmup = Path(path), warmup
+        self.waits: list[tuple[float, float]] = []
+        self.ends: list[float] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loader = trainer.train_dataloader
+        if not isinstance(loader, EpochLoader):
+            raise TypeError(f"DataWaitTimer expects the DataModule's EpochLoader, got {loader!r}")
+        loader.loader = _TimedLoader(loader.loader, self.waits)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        self.ends.append(time.perf_counter())
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or len(self.ends) <= self.warmup:
+            return
+        start, end = self.ends[self.warmup - 1], self.ends[-1]
+        wait = sum(w for t, w in self.waits if start <= t < end)
+        report = {
+            "batches": len(self.ends) - self.warmup,
+            "wait_s": round(wait, 4),
+            "step_s": round(end - start, 3),
+            "share": round(wait / (end - start), 4),
+            "first_wait_s": round(self.waits[0][1], 3),
+        }
+        self.path.write_text(json.dumps(report))
+
+
+def data_wait(root: Path, preset: str, steps: int, out: Path) -> dict:
+    """Train ``preset`` for ``steps`` batches with :class:`DataWaitTimer`; its report."""
+    report = out / f"{preset}.json"
+    cmd = [
+        sys.executable, "train.py", f"experiment={preset}", f"dataset.root={root}",
+        "logger=csv", f"paths.runs_dir={out}", f"run.name={preset}",
+        f"loader.train_batches_per_epoch={steps}", "trainer.max_epochs=1", "trainer.max_steps=-1",
+        "trainer.limit_val_batches=0",
+        "+callbacks.data_wait._target_=benchmarks.data_throughput.DataWaitTimer",
+        f"+callbacks.data_wait.path={report}",
+    ]  # fmt: skip
+    if preset.startswith("musicgen"):
+        cmd.append(f"solver.module.codec_checkpoint={out}/compression_tiny/checkpoints/last.ckpt")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{preset} failed:\n{done.stderr[-3000:]}")
+    return json.loads(report.read_text())
+
+
 def timed(fn, repeats: int) -> tuple[int, float, float]:
     best = float("inf")
     for _ in range(repeats):
@@ -68,6 +175,13 @@ def main() -> None:
     parser.add_argument("--root", default="datasets/synth")
     parser.add_argument("--split", default="train")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--data-wait",
+        default="",
+        help="comma-separated presets to train with the data-wait timer (e.g. "
+        "compression_tiny,mt3_tiny,musicgen_melody_tiny); none by default",
+    )
+    parser.add_argument("--steps", type=int, default=40, help="batches per --data-wait run")
     args = parser.parse_args()
     root = Path(args.root)
     if not (root / "index.json").exists():
@@ -80,14 +194,15 @@ def main() -> None:
     with sf.SoundFile(io.BytesIO(_first_audio(shards[0]))) as f:
         rate, channels = f.samplerate, f.channels
     rows = [("raw soundfile", *timed(lambda: raw_decode(shards), args.repeats))]
-    for workers in (0, 2):
-        label = "pipeline, in process" if workers == 0 else f"pipeline, {workers} workers"
+    for workers in (0, 1, 2):
+        label = "pipeline, in process" if workers == 0 else f"pipeline, {workers} worker(s)"
         rows.append(
             (
                 label,
                 *timed(lambda w=workers: pipeline_decode(shards, rate, channels, w), args.repeats),
             )
         )
+    rows.append(("1 worker, after start-up", *steady_decode(shards, rate, channels, args.repeats)))
     print(
         f"{'reader':<24}{'samples':>9}{'audio s':>10}{'wall s':>9}{'audio s/s':>11}{'samples/s':>11}"
     )
@@ -95,23 +210,42 @@ def main() -> None:
         print(
             f"{label:<24}{samples:>9}{seconds:>10.1f}{wall:>9.3f}{seconds / wall:>11.1f}{samples / wall:>11.1f}"
         )
-    raw_speed, one_worker = rows[0][2] / rows[0][3], rows[1][2] / rows[1][3]
-    print(
-        json.dumps(
-            {
-                "benchmark": "data_throughput",
-                "root": str(root),
-                "split": args.split,
-                "sample_rate": rate,
-                "raw_audio_s_per_s": round(raw_speed, 1),
-                "pipeline_audio_s_per_s": round(one_worker, 1),
-                "pipeline_2workers_audio_s_per_s": round(rows[2][2] / rows[2][3], 1),
-                "pipeline_samples_per_s": round(rows[1][1] / rows[1][3], 2),
-                "ratio": round(one_worker / raw_speed, 3),
-                "target_ratio": 0.8,
-            }
+    speeds = [seconds / wall for _, _, seconds, wall in rows]
+    result = {
+        "benchmark": "data_throughput",
+        "root": str(root),
+        "split": args.split,
+        "sample_rate": rate,
+        "raw_audio_s_per_s": round(speeds[0], 1),
+        "pipeline_audio_s_per_s": round(speeds[1], 1),
+        "pipeline_1worker_audio_s_per_s": round(speeds[2], 1),
+        "pipeline_2workers_audio_s_per_s": round(speeds[3], 1),
+        "pipeline_samples_per_s": round(rows[1][1] / rows[1][3], 2),
+        "pipeline_1worker_steady_audio_s_per_s": round(speeds[4], 1),
+        "ratio": round(speeds[1] / speeds[0], 3),
+        "ratio_1worker": round(speeds[2] / speeds[0], 3),
+        "ratio_1worker_steady": round(speeds[4] / speeds[0], 3),
+        "target_ratio": 0.8,
+    }
+    presets = [p for p in args.data_wait.split(",") if p]
+    if any(p.startswith("musicgen") for p in presets):  # their codec comes from this run
+        presets = ["compression_tiny", *(p for p in presets if p != "compression_tiny")]
+    if presets:
+        waits = {}
+        with tempfile.TemporaryDirectory() as out:
+            for preset in presets:
+                waits[preset] = data_wait(root, preset, args.steps, Path(out))
+        print(
+            f"\n{'preset':<24}{'batches':>9}{'step s':>9}{'wait s':>9}{'wait share':>12}{'first wait s':>14}"
         )
-    )
+        for preset, w in waits.items():
+            print(
+                f"{preset:<24}{w['batches']:>9}{w['step_s'] / w['batches']:>9.3f}"
+                f"{w['wait_s'] / w['batches']:>9.4f}{w['share']:>12.2%}{w['first_wait_s']:>14.2f}"
+            )
+        result["data_wait_share"] = {preset: w["share"] for preset, w in waits.items()}
+        result["data_wait_target"] = 0.05
+    print(json.dumps(result))
 
 
 def _first_audio(shard: str) -> bytes:
