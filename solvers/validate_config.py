@@ -135,6 +135,11 @@ def int_list(low: int) -> Callable:
     return lambda v: isinstance(v, list) and bool(v) and all(integer(low)(x) for x in v)
 
 
+def multiple_of(step: int) -> Callable:
+    """A positive integer multiple of ``step``."""
+    return lambda v: integer(step)(v) and v % step == 0
+
+
 def batch_limit(value: object) -> bool:
     """Lightning's ``limit_*_batches``: a batch count, a fraction in [0, 1], or null."""
     return value is None or integer(0)(value) or (isinstance(value, float) and 0 <= value <= 1)
@@ -260,8 +265,22 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("solver.monitor_mode", "min or max", choice("min", "max")),
     Rule(
-        "solver.module.melody.stemmer", "demucs, oracle or none", choice("demucs", "oracle", "none")
+        "solver.module.melody.stemmer",
+        "demucs, separation, oracle or none",
+        choice("demucs", "separation", "oracle", "none"),
     ),
+    Rule("solver.module.separator.kind", "spleeter or htdemucs", choice("spleeter", "htdemucs")),
+    Rule(
+        "solver.module.separator.channels",
+        "a list of 6 filter counts >= 1 (Spleeter's encoder)",
+        lambda v: int_list(1)(v) and len(v) == 6,
+    ),
+    Rule("solver.module.separator.n_fft", POSITIVE_INT, integer(1)),
+    Rule("solver.module.separator.hop", POSITIVE_INT, integer(1)),
+    Rule("solver.module.separator.freq_bins", "a positive multiple of 64", multiple_of(64)),
+    Rule("solver.module.separator.patch_frames", "a positive multiple of 64", multiple_of(64)),
+    Rule("solver.module.joint_sdr", "true or false", is_bool),
+    Rule("solver.module.overlap", "a number in [0, 1)", number(0, 1, open_high=True)),
     Rule("solver.module.melody.n_chroma", POSITIVE_INT, integer(1)),
     Rule("solver.module.melody.winlen", POSITIVE_INT, integer(1)),
     Rule("solver.module.melody.hop", POSITIVE_INT, integer(1)),
@@ -288,7 +307,6 @@ RULES: tuple[Rule, ...] = (
     Rule("solver.module.diffusion.unet.hidden", POSITIVE_INT, integer(1)),
     Rule("solver.module.diffusion.unet.depth", POSITIVE_INT, integer(1)),
     Rule("solver.module.diffusion.schedule.num_steps", "an integer >= 2", integer(2)),
-    Rule("solver.module.diffusion.processor.use", "true or false", is_bool),
     *(
         Rule(f"solver.module.losses.{key}", "a loss weight >= 0", number(0))
         for key in ("adv", "feat", "msspec", "l1")

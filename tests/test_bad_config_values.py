@@ -105,6 +105,14 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
     },
     "solver.monitor_mode": ("mt3", ["maximum", "1"]),
     "solver.module.melody.stemmer": ("musicgen_melody", ["spleeter", "1"]),
+    "solver.module.separator.kind": ("separation", ["demucs", "1"]),
+    "solver.module.separator.channels": ("separation", ["[16,32]", "[0,1,2,3,4,5]", "abc"]),
+    "solver.module.separator.n_fft": ("separation", ["0", "abc"]),
+    "solver.module.separator.hop": ("separation", ["-1", "2.5"]),
+    "solver.module.separator.freq_bins": ("separation", ["0", "100", "abc"]),
+    "solver.module.separator.patch_frames": ("separation", ["32", "abc"]),
+    "solver.module.joint_sdr": ("separation", ["maybe"]),
+    "solver.module.overlap": ("separation", ["1", "-0.1", "abc"]),
     "solver.module.melody.n_chroma": ("musicgen_melody", ["0", "abc"]),
     "solver.module.melody.winlen": ("musicgen_melody", ["0", "abc"]),
     "solver.module.melody.hop": ("musicgen_melody", ["-1", "abc"]),
@@ -123,7 +131,6 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
     "solver.module.diffusion.unet.hidden": ("diffusion", ["0", "abc"]),
     "solver.module.diffusion.unet.depth": ("diffusion", ["0", "abc"]),
     "solver.module.diffusion.schedule.num_steps": ("diffusion", ["1", "abc"]),
-    "solver.module.diffusion.processor.use": ("diffusion", ["maybe"]),
     **{
         f"solver.module.losses.{key}": ("compression", ["-1", "abc"])
         for key in ("adv", "feat", "msspec", "l1")
@@ -180,6 +187,8 @@ def test_the_sweep_covers_every_rule() -> None:
         ("train", ["solver=musicgen"]),
         ("train", ["solver=musicgen_melody", "+trainer.limit_train_batches=0.5"]),
         ("train", ["solver=diffusion"]),
+        ("train", ["solver=separation", "solver/separator=htdemucs"]),
+        ("evaluate", ["solver=separation", "checkpoint=x.ckpt", "dataset=musdb"]),
         ("evaluate", ["solver=diffusion", "checkpoint=x.ckpt"]),
         *[("train", [f"solver={solver}", f"experiment={name}"]) for name, solver in EXPERIMENTS],
         ("evaluate", ["solver=mt3", "checkpoint=x.ckpt", "split=valid"]),

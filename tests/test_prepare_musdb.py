@@ -92,6 +92,7 @@ def test_hq_wav_folders_keep_every_sample(hq: Path, tmp_path: Path) -> None:
     assert index["musdb"]["format"] == "wav"
 
 
+@pytest.mark.slow
 def test_stem_mp4_streams_decode_in_order_and_aligned(stems_copy: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert prepare(stems_copy, out) == 0

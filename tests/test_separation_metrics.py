@@ -57,6 +57,7 @@ def test_scaled_copy_scores_the_gain_error(references: np.ndarray) -> None:
     np.testing.assert_allclose(track_sdr(references, references * gains, RATE), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_delayed_copy_equals_museval(references: np.ndarray) -> None:
     delayed = np.roll(references, 40, axis=-1)
     ours = track_sdr(references, delayed, RATE)

@@ -1,13 +1,16 @@
 """Stemmers: what of a mix the melody condition sees (MusicGen-Melody keeps vocals + other).
 
 Every stemmer maps ``(wav (B, C, T), sample_rate, stems (B, S, C, T) | None)`` to a waveform of
-the input's shape: ``demucs`` separates the mix with a Demucs model, ``oracle`` sums the dataset's
-own stems (``stems`` in :data:`STEMS` order), ``none`` returns the mix. Stemmers are plain
-callables, not modules, so a Demucs model never ends up in a checkpoint of the model using it.
+the input's shape: ``demucs`` separates the mix with a Demucs model, ``separation`` with any
+separator :func:`musicgen.separation.checkpoint.load_separator` loads (a ``solver=separation``
+checkpoint, a released Spleeter or Demucs model), ``oracle`` sums the dataset's own stems
+(``stems`` in :data:`STEMS` order), ``none`` returns the mix. Stemmers are plain callables, not
+modules, so a separator never ends up in a checkpoint of the model using it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Protocol
 
@@ -198,12 +201,59 @@ def _load_from_hf_cache(name: str, cache_dir: str | Path | None) -> torch.nn.Mod
     return BagOfModels(models, bag.get("weights"), bag.get("segment"))
 
 
-STEMMERS = {"demucs": DemucsStemmer, "oracle": OracleStemmer, "none": NoStemmer}
+class SeparationStemmer:
+    """The ``keep`` stems of any separator: ``checkpoint`` is what
+    :func:`musicgen.separation.checkpoint.load_separator` takes (a ``.ckpt`` of ``train.py
+    solver=separation``, ``spleeter:4stems`` or a Demucs model name, those two from ``model_dir``).
+    The mix is separated with overlapping windows (:func:`musicgen.separation.apply.separate`,
+    ``overlap``) at the separator's rate and channels, and the kept stems' sum comes back at the
+    input's rate, channels and length."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        keep: tuple[str, ...] | list[str] = MELODY_STEMS,
+        model_dir: str | Path | None = None,
+        overlap: float = 0.25,
+    ) -> None:
+        from musicgen.separation.checkpoint import load_separator
+
+        if not checkpoint:
+            raise UserError(
+                "the separation stemmer needs a separator: set "
+                "solver.module.melody.stemmers.separation.checkpoint=<.ckpt of solver=separation, "
+                "spleeter:4stems or a Demucs model name>"
+            )
+        self.keep, self.overlap = tuple(keep), overlap
+        self.model = load_separator(checkpoint, model_dir)
+        self.indices = _indices(self.keep, list(self.model.stems), f"separator {checkpoint}")
+        digest = hashlib.sha1(str(checkpoint).encode()).hexdigest()[:8]
+        self.tag = f"separation-{Path(str(checkpoint)).stem}-{digest}-" + "+".join(self.keep)
+
+    @torch.no_grad()
+    def __call__(
+        self, wav: torch.Tensor, sample_rate: int, stems: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        from musicgen.separation.apply import separate
+
+        _check_wav(wav)
+        self.model.to(wav.device)
+        with torch.autocast(wav.device.type, enabled=False):
+            sources = separate(self.model, wav.float(), sample_rate, overlap=self.overlap)
+        return sources[:, self.indices].sum(dim=1).to(wav.dtype)
+
+
+STEMMERS = {
+    "demucs": DemucsStemmer,
+    "separation": SeparationStemmer,
+    "oracle": OracleStemmer,
+    "none": NoStemmer,
+}
 
 
 def build_stemmer(kind: str = "none", **kwargs) -> Stemmer:
-    """A stemmer by kind: ``demucs`` (name, repo, keep, shifts, cache_dir), ``oracle`` (keep) or
-    ``none``."""
+    """A stemmer by kind: ``demucs`` (name, repo, keep, shifts, cache_dir), ``separation``
+    (checkpoint, keep, model_dir, overlap), ``oracle`` (keep) or ``none``."""
     if kind not in STEMMERS:
         raise UserError(f"unknown stemmer {kind!r}: choose one of {sorted(STEMMERS)}")
     try:
