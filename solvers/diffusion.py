@@ -120,9 +120,14 @@ class DiffusionSolver(L.LightningModule):
                     f"solver.module.n_q and eval_codebooks must be in [1, {self.codec.num_codebooks}] "
                     f"(the codec's codebooks), got {count}: fix the override"
                 )
-        self.diffusion = MultiBandDiffusion(
-            **diffusion_arguments(diffusion, self.codec.config, n_q)
-        )
+        try:
+            self.diffusion = MultiBandDiffusion(
+                **diffusion_arguments(diffusion, self.codec.config, n_q)
+            )
+        except (TypeError, ValueError) as err:  # a key or a per-band list that does not fit
+            raise UserError(
+                f"solver.module.diffusion does not describe a decoder ({err}): fix the override"
+            ) from None
         self.hparams["diffusion"] = plain(self.diffusion.config)
         self.ema = None
         if ema_decay:

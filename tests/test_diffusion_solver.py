@@ -136,6 +136,8 @@ def test_sampling_is_deterministic_for_the_seed(codec: Path) -> None:
             "diffusion.hop_length=100 but the codec has 128",
         ),
         ({"codec_checkpoint": None}, "codec_checkpoint is not set"),
+        ({"diffusion": {**TINY, "n_bands": 3, "processor": [{}, {}]}}, "2 per-band configs"),
+        ({"diffusion": {**TINY, "unet": {"width": 3}}}, "solver.module.diffusion does not"),
     ],
 )
 def test_bad_settings_are_one_user_error(codec: Path, kwargs: dict, message: str) -> None:
