@@ -328,3 +328,25 @@ def test_released_layout_samples_as_audiocraft(tmp_path) -> None:
             )
         torch.manual_seed(5)
         torch.testing.assert_close(ours.sample(latent, steps), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_solver_checkpoints_load_their_ema_weights(tmp_path) -> None:
+    model = tiny({"use": False})
+    weights = {f"diffusion.{k}": v for k, v in model.state_dict().items()}
+    weights |= {f"ema.{k}": v + 1 for k, v in model.state_dict().items()}
+    weights["codec.decoder.w"] = torch.zeros(1)  # the solver's other modules are ignored
+    state = {
+        "hyper_parameters": {"diffusion": {**model.config, "n_q": None}, "n_q": 3},
+        "state_dict": weights,
+        "solver_config": {"name": "diffusion"},
+    }
+    torch.save(state, tmp_path / "last.ckpt")
+    ema = load_diffusion(tmp_path / "last.ckpt")
+    raw = load_diffusion(tmp_path / "last.ckpt", ema=False)
+    key = "models.0.embedding.weight"
+    assert torch.equal(ema.state_dict()[key], model.state_dict()[key] + 1)
+    assert torch.equal(raw.state_dict()[key], model.state_dict()[key])
+    assert ema.n_q == 3  # recorded by the solver beside the config
+    torch.save({**state, "solver_config": {"name": "musicgen"}}, tmp_path / "lm.ckpt")
+    with pytest.raises(UserError, match="solver=musicgen, not solver=diffusion"):
+        load_diffusion(tmp_path / "lm.ckpt")
