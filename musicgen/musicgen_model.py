@@ -356,6 +356,23 @@ class MusicGen(nn.Module):
         )
 
     @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        device: str = "cpu",
+        text_dir: str | Path | None = None,
+        stemmer: str | None = None,
+        demucs_repo: str | Path | None = None,
+        codec_dir: str | Path | None = None,
+    ) -> MusicGen:
+        """A released MusicGen folder, AudioCraft's layout (``state_dict.bin`` +
+        ``compression_state_dict.bin``) or transformers' (``config.json`` + ``model.safetensors``),
+        text-only or melody, mono or stereo; see :mod:`musicgen.pretrained`."""
+        from musicgen.pretrained import load_pretrained
+
+        return load_pretrained(folder, device, text_dir, stemmer, demucs_repo, codec_dir)
+
+    @classmethod
     def from_checkpoint(
         cls,
         path: str | Path,

