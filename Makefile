@@ -17,9 +17,10 @@ DEMO_EVAL := $(PY) evaluate.py paths.data_dir=$(DATA) paths.runs_dir=$(RUNS)
 CODEC_CKPT := $(RUNS)/demo-compression/checkpoints/last.ckpt
 MT3_CKPT := $(RUNS)/demo-mt3/checkpoints/last.ckpt
 SEPARATION_CKPT := $(RUNS)/demo-separation/checkpoints/last.ckpt
+DIFFUSION_CKPT := $(RUNS)/demo-diffusion/checkpoints/last.ckpt
 MUSICGEN_CKPT := $(RUNS)/demo-musicgen-melody/checkpoints/last.ckpt
 
-.PHONY: install constraints system-packages demo demo-data demo-compression demo-separation demo-mt3 demo-musicgen test test-all lint bench clean
+.PHONY: install constraints system-packages demo demo-data demo-compression demo-diffusion demo-separation demo-mt3 demo-musicgen test test-all lint bench clean
 
 install: system-packages $(STAMP)
 
@@ -47,7 +48,7 @@ constraints: install
 
 # The main job on the embedded default (about 20 minutes on 2 cores): build the synthetic dataset,
 # inspect and preview it, then train and evaluate each solver's CPU-tiny preset on it.
-demo: demo-data demo-compression demo-separation demo-mt3 demo-musicgen
+demo: demo-data demo-compression demo-diffusion demo-separation demo-mt3 demo-musicgen
 
 demo-data: install
 	@test -f $(DATA)/synth/index.json || $(PY) -m data.prepare synth --out $(DATA)/synth
@@ -57,6 +58,12 @@ demo-data: install
 demo-compression: demo-data
 	$(DEMO_RUN) experiment=compression_tiny run.name=demo-compression
 	$(DEMO_EVAL) solver=compression checkpoint=$(CODEC_CKPT)
+
+# A MultiBand-Diffusion decoder of the tiny codec's 3-codebook tokens; the table compares it with
+# the codec's own decoder.
+demo-diffusion: demo-compression
+	$(DEMO_RUN) experiment=diffusion_tiny run.name=demo-diffusion
+	$(DEMO_EVAL) solver=diffusion checkpoint=$(DIFFUSION_CKPT)
 
 # A CPU-tiny Spleeter-style separator (about 5 minutes), then its SDR table against the mixture.
 demo-separation: demo-data
