@@ -86,7 +86,9 @@ demo-musicgen: demo-compression
 test: install
 	$(PY) -m pytest $(PYTEST_FLAGS)
 
+# test-all also checks the Spleeter conversion against TensorFlow (the parity extra).
 test-all: install
+	$(PY) -m pip install -q -e ".[parity]"
 	$(PY) -m pytest -m "" $(PYTEST_FLAGS)
 
 lint: install
@@ -99,6 +101,7 @@ bench: install
 	$(PY) benchmarks/transcription.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/musicgen_lm.py
+	$(PY) benchmarks/separation.py
 	$(PY) benchmarks/diffusion.py
 
 clean:

@@ -4,8 +4,8 @@
 model's segment (``segment_samples``), ``overlap`` apart, and adds the windows' estimates back
 with ``demucs.apply.apply_model``'s triangular transition weights, each window padded to the
 model's ``valid_length`` with the neighbouring samples as Demucs' ``TensorChunk.padded`` does:
-for the same HTDemucs this equals ``apply_model(model, mix, shifts=0, split=True)``. Windows of
-full length go through the model in small batches. The estimates are converted back to the
+for the same HTDemucs this equals ``apply_model(model, mix, shifts=0, split=True)``. Short windows
+of full length go through the model in small batches (:data:`WINDOW_BATCH_SAMPLES`). The estimates are converted back to the
 input's rate and channels (mono input: the mean of the model's channels).
 """
 
@@ -19,7 +19,9 @@ from torch import nn
 
 from musicgen.audio import convert_audio, fit_length
 
-WINDOW_BATCH = 4  # full-length windows run through the model together
+# Short windows run through the model together, up to this many input samples per call (more
+# helps small models; large ones run faster one window at a time on CPU, as apply_model does).
+WINDOW_BATCH_SAMPLES = 2**18
 
 
 def transition_weight(length: int) -> torch.Tensor:
@@ -70,8 +72,9 @@ def separate_native(
     out = mix.new_zeros(batch, len(model.stems), channels, length)
     total = mix.new_zeros(length)
     offsets = list(range(0, length, stride))
-    for first in range(0, len(offsets), WINDOW_BATCH):
-        group = offsets[first : first + WINDOW_BATCH]
+    per_call = max(1, WINDOW_BATCH_SAMPLES // (batch * channels * model.valid_length(segment)))
+    for first in range(0, len(offsets), per_call):
+        group = offsets[first : first + per_call]
         lengths = [min(segment, length - offset) for offset in group]
         chunks = [
             _padded(mix, offset, size, model.valid_length(size))
