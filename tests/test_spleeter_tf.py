@@ -18,6 +18,7 @@ import torch
 from musicgen.separation.spleeter_tf import convert, load_spleeter, preset_config
 from musicgen.separation.tf_checkpoint import read_checkpoint
 
+pytestmark = pytest.mark.slow  # TensorFlow's import alone takes seconds: make test-all
 tf = pytest.importorskip(
     "tensorflow", reason="tensorflow is not installed (pip install -e .[parity])"
 )
@@ -215,7 +216,6 @@ def test_converted_tiny_spleeter_equals_tensorflow(tmp_path: Path, preset: str) 
     assert wave_diff < 1e-4
 
 
-@pytest.mark.slow
 def test_converted_full_size_4stems_equals_tensorflow(tmp_path: Path) -> None:
     """The released 4stems architecture at full size (16-512 filters, 512x1024 patches)."""
     config = {
