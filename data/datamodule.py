@@ -127,6 +127,8 @@ class MusicDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _loader(self, dataset: TrainStream | EvalStream) -> DataLoader:
+        # a plain DataLoader, not wds.WebLoader: the streams batch themselves, and WebLoader's
+        # with_epoch would restart the iterator every epoch (see data.streams.EpochLoader)
         return DataLoader(
             dataset,
             batch_size=None,
@@ -191,7 +193,13 @@ def stream_skips(loader: object) -> dict[str, int]:
 
 
 def reduced_skips(trainer: L.Trainer, module: L.LightningModule, loader: object) -> dict[str, int]:
-    """:func:`stream_skips` summed over the ranks (a collective: every rank calls it)."""
+    """:func:`stream_skips` summed over the ranks (a collective: every rank calls it).
+
+    The epoch's ``sync_dist`` metrics are reduced first, on every rank: Lightning reduces them
+    lazily, when first read, and the progress bar reads them at epoch end on rank 0 only, so
+    rank 0 would be in that reduction while the others are in this one (a gloo size mismatch
+    that aborted MT3's DDP runs, which log an epoch metric with ``sync_dist``)."""
+    trainer.progress_bar_metrics  # noqa: B018 - computes (and caches) the synced epoch metrics
     counts = stream_skips(loader)
     values = torch.tensor(
         [counts[r] for r in SKIP_REASONS], dtype=torch.int64, device=module.device
