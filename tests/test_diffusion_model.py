@@ -319,6 +319,14 @@ def test_released_layout_samples_as_audiocraft(tmp_path) -> None:
         for cfg, p in zip(cfgs, processors, strict=True)
     ]
     torch.testing.assert_close(ours.schedules[0].betas, schedules[0].betas, atol=0, rtol=0)
+    for band, schedule in enumerate(schedules):  # the training objective's noisy input
+        clean = split_bands(wav, RATE, BANDS)[band]
+        processors[band].num_samples = 0  # statistics frozen on both sides (ours: eval mode)
+        torch.manual_seed(9)
+        noisy, noise, step = schedule.get_training_item(clean, tensor_step=True)
+        projected = ours.processors[band].project_sample(clean)  # eval mode: no update
+        expected = ours.schedules[band].noisy(projected, step, noise)
+        torch.testing.assert_close(noisy, expected, atol=1e-6, rtol=1e-5)
     for steps, step_list in ((20, None), (4, [999, 749, 499, 249, 0])):
         torch.manual_seed(5)
         expected = torch.zeros(2, 1, 6 * HOP)
