@@ -25,9 +25,8 @@ from musicgen.compress import check_target, progress_bar
 from musicgen.compression import CompressionModel, EncodedAudio
 from musicgen.compression.config import OFFICIAL_FILES
 from musicgen.compression.container import read_ecdc
-from musicgen.diffusion import load_diffusion
 from musicgen.diffusion.cli import add_decoder_arguments, decoder_checkpoint
-from musicgen.diffusion.decoder import check_fits, decode_tokens
+from musicgen.diffusion.decoder import check_fits, decode_tokens, resolve_diffusion
 from musicgen.errors import UserError
 
 
@@ -127,7 +126,7 @@ def diffusion_pieces(
             f"{source} was coded in normalised segments ({model.config.name}), which the diffusion "
             "decoder does not model: use --decoder codec"
         )
-    diffusion = load_diffusion(diffusion_checkpoint)
+    diffusion = resolve_diffusion(diffusion_checkpoint, model, codes.shape[0])
     check_fits(diffusion, model, codes.shape[0])
     generator = torch.Generator().manual_seed(seed)
     wav = decode_tokens(diffusion, model, codes[None], header["length"], steps, generator, True)

@@ -26,7 +26,7 @@ import soundfile as sf
 import torch
 
 from musicgen.compress import read_audio
-from musicgen.diffusion import load_diffusion
+from musicgen.diffusion.checkpoint import FIX
 from musicgen.diffusion.cli import add_decoder_arguments, decoder_checkpoint
 from musicgen.errors import UserError
 from musicgen.musicgen_model import MusicGen
@@ -53,7 +53,8 @@ def generate(
     ``local``: this machine's folders for the pretrained parts (``weights_dir``, ``text_dir``,
     ``stemmer``, ``demucs_repo``: see :meth:`MusicGen.from_checkpoint`). With
     ``diffusion_checkpoint`` the tokens are decoded by that MultiBand Diffusion decoder."""
-    diffusion = None if diffusion_checkpoint is None else load_diffusion(diffusion_checkpoint)
+    if diffusion_checkpoint is not None and not Path(diffusion_checkpoint).exists():
+        raise UserError(f"diffusion checkpoint {diffusion_checkpoint} does not exist: {FIX}")
     model = MusicGen.from_checkpoint(checkpoint, device, **(local or {}))
     wav = stems = None
     if melody is not None:
@@ -73,8 +74,8 @@ def generate(
         generator=generator,
         progress=True,
         extend_stride=extend_stride,
-        decoder="codec" if diffusion is None else "diffusion",
-        diffusion=diffusion,
+        decoder="codec" if diffusion_checkpoint is None else "diffusion",
+        diffusion=diffusion_checkpoint,
         diffusion_steps=diffusion_steps,
     )[0]
     out = Path(out)

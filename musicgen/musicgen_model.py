@@ -262,7 +262,8 @@ class MusicGen(nn.Module):
                 raise UserError(
                     "decoder='diffusion' needs diffusion= (a decoder or its checkpoint)"
                 )
-            diffusion = resolve_diffusion(diffusion).to(self._device)
+            diffusion = resolve_diffusion(diffusion, self.codec, self.lm.config.n_q)
+            diffusion = diffusion.to(self._device)
             check_fits(diffusion, self.codec, self.lm.config.n_q)
         if duration <= 0:
             raise UserError(f"duration must be positive, got {duration}")

@@ -263,12 +263,17 @@ def test_missing_or_ambiguous_checkpoints_are_user_errors(tmp_path) -> None:
         load_diffusion(tmp_path / "nope.th")
     with pytest.raises(UserError, match="no mbd_"):
         load_diffusion(tmp_path)
-    for n in (2, 4):
-        (tmp_path / f"mbd_comp_{n}.pt").write_bytes(b"x")
+    for name in ("mbd_comp_2.pt", "mbd_comp_4.pt", "mbd_musicgen_32khz.th"):  # the HF repo's
+        (tmp_path / name).write_bytes(b"x")
     with pytest.raises(UserError, match="several MBD files"):
         load_diffusion(tmp_path)
-    with pytest.raises(UserError, match="mbd_comp_4.pt"):
-        load_diffusion(tmp_path, n_q=4)  # picked, then refused as damaged
+    with pytest.raises(UserError, match="none fits"):
+        load_diffusion(tmp_path, n_q=8, sample_rate=24000)
+    # picked for the codec, then refused as damaged
+    with pytest.raises(UserError, match=r"mbd_comp_4\.pt"):
+        load_diffusion(tmp_path, n_q=4, sample_rate=24000)
+    with pytest.raises(UserError, match=r"mbd_musicgen_32khz\.th"):
+        load_diffusion(tmp_path, n_q=4, sample_rate=32000)
 
 
 @pytest.mark.skipif(audiocraft_dir() is None, reason=SKIP_REASON)

@@ -39,34 +39,43 @@ def save_diffusion(model: MultiBandDiffusion, path: str | Path) -> Path:
     return path
 
 
-def official_file(folder: Path, n_q: int | None) -> Path:
-    """The released MBD file in ``folder`` (``mbd_comp_<n_q>.pt`` when several and ``n_q``)."""
+def official_file(folder: Path, n_q: int | None, sample_rate: int | None) -> Path:
+    """The released MBD file in ``folder``; among several (a download of the whole
+    ``facebook/multiband-diffusion`` repository), the one for a codec of ``sample_rate`` and
+    ``n_q`` codebooks: ``mbd_musicgen_32khz.th`` at 32 kHz, else ``mbd_comp_<n_q>.pt``."""
     files = sorted({f for pattern in OFFICIAL_PATTERNS for f in folder.glob(pattern)})
-    if n_q is not None and (folder / f"mbd_comp_{n_q}.pt") in files:
-        return folder / f"mbd_comp_{n_q}.pt"
     if len(files) == 1:
         return files[0]
     if not files:
         raise UserError(f"diffusion checkpoint folder {folder} holds no mbd_*.th/.pt file: {FIX}")
+    wanted = folder / ("mbd_musicgen_32khz.th" if sample_rate == 32000 else f"mbd_comp_{n_q}.pt")
+    if (sample_rate is not None or n_q is not None) and wanted in files:
+        return wanted
     names = ", ".join(f.name for f in files)
     raise UserError(
-        f"diffusion checkpoint folder {folder} holds several MBD files ({names}): pass one of them"
+        f"diffusion checkpoint folder {folder} holds several MBD files ({names}) and none fits "
+        f"this codec: pass one of them"
     )
 
 
 def load_diffusion(
-    path: str | Path, n_q: int | None = None, hop_length: int | None = None, ema: bool = True
+    path: str | Path,
+    n_q: int | None = None,
+    hop_length: int | None = None,
+    ema: bool = True,
+    sample_rate: int | None = None,
 ) -> MultiBandDiffusion:
     """The decoder stored at ``path`` (on the CPU, in eval mode).
 
     ``path``: a ``train.py`` checkpoint of ``solver=diffusion`` (its EMA weights when it has
-    them and ``ema``), one of AudioCraft's released MBD files, or a folder holding them (``n_q``
-    picks ``mbd_comp_<n_q>.pt`` among several). ``hop_length`` overrides the codec hop of a
-    released file (default: 320 at 24 kHz, 640 at 32 kHz).
+    them and ``ema``), one of AudioCraft's released MBD files, or a folder holding them
+    (``sample_rate`` and ``n_q``, the codec's, pick one among several: see
+    :func:`official_file`). ``hop_length`` overrides the codec hop of a released file
+    (default: 320 at 24 kHz, 640 at 32 kHz).
     """
     file = Path(path)
     if file.is_dir():
-        file = official_file(file, n_q)
+        file = official_file(file, n_q, sample_rate)
     with torch.serialization.safe_globals(official.safe_globals()):
         state = load_checkpoint(file, what="diffusion checkpoint", fix=FIX)
     if "n_bands" in state and "sample_rate" in state:

@@ -27,9 +27,14 @@ def codec_latent(codec: CompressionModel, codes: torch.Tensor) -> torch.Tensor:
     return codec.quantizer.vq.decode(codes.transpose(0, 1))
 
 
-def resolve_diffusion(diffusion: MultiBandDiffusion | str | Path) -> MultiBandDiffusion:
-    """``diffusion`` itself, or the decoder stored at that path (see :func:`load_diffusion`)."""
-    return diffusion if isinstance(diffusion, MultiBandDiffusion) else load_diffusion(diffusion)
+def resolve_diffusion(
+    diffusion: MultiBandDiffusion | str | Path, codec: CompressionModel, n_q: int
+) -> MultiBandDiffusion:
+    """``diffusion`` itself, or the decoder stored at that path (see :func:`load_diffusion`; a
+    folder of released files gives the one for ``codec`` and ``n_q``)."""
+    if isinstance(diffusion, MultiBandDiffusion):
+        return diffusion
+    return load_diffusion(diffusion, n_q=n_q, sample_rate=codec.sample_rate)
 
 
 def check_fits(diffusion: MultiBandDiffusion, codec: CompressionModel, n_q: int) -> None:
