@@ -136,6 +136,7 @@ def test_sampler_is_deterministic_for_a_seed(steps: int) -> None:
     c = model.sample(latent, steps, torch.Generator().manual_seed(8))
     assert a.shape == (2, 1, 5 * HOP) and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not a.is_inference()  # sampled under inference_mode, returned as an ordinary tensor
     # batched items equal items sampled alone only in distribution; the batch is one call
     assert model.sample(latent[:1], steps, torch.Generator().manual_seed(7)).shape == (
         1,

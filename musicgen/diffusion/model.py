@@ -134,7 +134,6 @@ class MultiBandDiffusion(nn.Module):
             total = total + F.mse_loss(model(noisy, steps, latent), noise)
         return total
 
-    @torch.inference_mode()
     def sample(
         self,
         latent: torch.Tensor,
@@ -145,11 +144,11 @@ class MultiBandDiffusion(nn.Module):
     ) -> torch.Tensor:
         """Audio ``(B, channels, length)`` (default ``frames * hop_length``) decoded from the
         codec ``latent`` (B, latent_dim, frames) with ``steps`` denoising steps per band
-        (20: MBD's default chain 999, 949, ..., 49). Batched over items; reproducible for a
-        ``generator``."""
+        (20: MBD's default chain 999, 949, ..., 49), under ``torch.inference_mode`` (the result
+        is an ordinary tensor). Items are batched; the bands run one after the other, drawing
+        their noise in AudioCraft's order. Reproducible for a ``generator``."""
         self._check(latent)
         shape = (latent.shape[0], self.channels, length or latent.shape[-1] * self.hop_length)
-        out = latent.new_zeros(shape)
         chains = [s.step_list(steps) for s in self.schedules]
         bar = tqdm(
             total=sum(len(c) - 1 for c in chains),
@@ -157,7 +156,8 @@ class MultiBandDiffusion(nn.Module):
             desc="diffusion",
             unit="step",
         )
-        with bar:
+        with bar, torch.inference_mode():
+            out = latent.new_zeros(shape)
             for model, processor, schedule, chain in zip(
                 self.models, self.processors, self.schedules, chains, strict=True
             ):
@@ -171,4 +171,4 @@ class MultiBandDiffusion(nn.Module):
                     denoise, initial, chain, lambda x: randn(x.shape, x, generator)
                 )
                 out += processor.return_sample(z)
-        return out
+        return out.clone()  # outside inference mode: usable in autograd and in place
