@@ -152,7 +152,7 @@ class MultiBandDiffusion(nn.Module):
         chains = [s.step_list(steps) for s in self.schedules]
         bar = tqdm(
             total=sum(len(c) - 1 for c in chains),
-            disable=not progress,
+            disable=None if progress else True,  # progress: on a terminal only
             desc="diffusion",
             unit="step",
         )
