@@ -3,6 +3,7 @@ one ``error:`` line and exit 2 for bad input."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,31 @@ def test_module_entry_point(tmp_path: Path, checkpoint: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "out" / "vocals.wav").is_file()
+
+
+def test_spleeter_release_by_name_and_by_folder(tmp_path: Path) -> None:
+    """``--model spleeter:2stems --model-dir DIR`` reads ``DIR/2stems`` (a TensorFlow-written
+    checkpoint in the released layout); ``--checkpoint`` takes the folder itself."""
+    release = Path(__file__).parent / "fixtures" / "spleeter_tf"
+    (tmp_path / "weights" / "2stems").mkdir(parents=True)
+    for name in ("checkpoint", "model.index", "model.data-00000-of-00001"):
+        shutil.copy(release / name, tmp_path / "weights" / "2stems" / name)
+    _wav(tmp_path / "in.wav", 0.5, 44100, 2)
+    args = [str(tmp_path / "in.wav")]
+    assert (
+        main(
+            [
+                *args,
+                str(tmp_path / "a"),
+                "--model",
+                "spleeter:2stems",
+                "--model-dir",
+                str(tmp_path / "weights"),
+            ]
+        )
+        == 0
+    )
+    assert main([*args, str(tmp_path / "b"), "--checkpoint", str(release)]) == 0
+    for stem in ("vocals", "accompaniment"):
+        a, b = (sf.read(tmp_path / d / f"{stem}.wav", dtype="float32")[0] for d in "ab")
+        assert a.shape == (22050, 2) and np.array_equal(a, b)
