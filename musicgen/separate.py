@@ -8,7 +8,7 @@ release folder; ``--model``: ``spleeter:2stems|4stems|5stems`` (weights in
 ``DIR/<n>stems``) or a Demucs name such as ``htdemucs`` (a Demucs repo folder ``DIR``);
 ``--model-dir`` defaults to ``weights/spleeter`` or ``weights/demucs`` (``MUSICGEN_WEIGHTS``).
 ``OUTDIR/<stem>.wav`` (32-bit float) has the input's rate and channels. The file is read, separated and
-written in blocks of about a minute that overlap by half a model window and are cross-faded,
+written in blocks of about a minute that overlap by one model window and are cross-faded there,
 so memory stays bounded whatever the length.
 """
 
