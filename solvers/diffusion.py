@@ -17,8 +17,6 @@ and :meth:`DiffusionSolver.evaluation_tables` lays both decoders out beside MBD'
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
-
 import lightning as L
 import numpy as np
 import torch
@@ -54,25 +52,22 @@ SUMS = 3
 
 PAPER = "arXiv 2308.02560"
 PAPER_NOTE = (
-    f"Published rows: MBD ({PAPER}) evaluates EnCodec 24 kHz tokens at 1.5, 3 and 6 kbps with "
-    "MUSHRA listening tests and ViSQOL / mel-SNR, none of which is a metric computed here; no "
-    "public copy of its tables that we could read gives their values, so the rows name the "
-    "settings and leave the numbers empty rather than guess them."
+    f"Published rows: MBD ({PAPER}) compares its decoder with EnCodec's on EnCodec 24 kHz tokens "
+    "at 1.5, 3 and 6 kbps (the bitrates of AudioCraft's released models, docs/MBD.md) with "
+    "listening tests and objective scores, on its own evaluation audio. The public copies we "
+    "could search (the arXiv/ar5iv and OpenReview abstracts, secondary summaries) do not expose "
+    "the numbers of its tables, so these rows name the settings and leave the values empty "
+    "rather than guess them; none of its metrics is computed on our test split anyway."
 )
 PAPER_ROWS = [
     {
         "system": f"{name} (MBD paper)",
         "kbps": kbps,
-        "source": f"{PAPER}: tables not readable in any public copy found; values left empty",
+        "source": f"{PAPER}: values not found in a readable copy (left empty)",
     }
     for kbps in (1.5, 3.0, 6.0)
     for name in ("EnCodec decoder", "MBD decoder")
 ]
-
-
-def plain(config: object) -> dict:
-    """A config (dict or dataclass) as a plain dict, as hyperparameters are stored."""
-    return asdict(config) if is_dataclass(config) else dict(config)
 
 
 class DiffusionSolver(L.LightningModule):
@@ -128,7 +123,7 @@ class DiffusionSolver(L.LightningModule):
             raise UserError(
                 f"solver.module.diffusion does not describe a decoder ({err}): fix the override"
             ) from None
-        self.hparams["diffusion"] = plain(self.diffusion.config)
+        self.hparams["diffusion"] = dict(self.diffusion.config)  # the full config
         self.ema = None
         if ema_decay:
             self.ema = MultiBandDiffusion(**self.hparams["diffusion"]).requires_grad_(False)
