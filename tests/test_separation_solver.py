@@ -228,3 +228,36 @@ def test_separation_stemmer_in_the_melody_path(trained: tuple) -> None:
         build_stemmer("separation")
     with pytest.raises(UserError, match="piano"):
         build_stemmer("separation", checkpoint=str(path), keep=["piano"])
+
+
+@pytest.mark.slow
+def test_htdemucs_trains_with_the_demucs_recipe_and_is_scored() -> None:
+    torch.manual_seed(0)
+    separator = {
+        "kind": "htdemucs",
+        "sources": ["drums", "bass", "other", "vocals"],
+        "samplerate": RATE,
+        "audio_channels": 2,
+        "segment": 1.0,
+        "channels": 8,
+        "depth": 2,
+        "t_layers": 1,
+        "nfft": 512,
+    }
+    augment = {"shift_seconds": 0.1, "remix_group_size": 2}
+    solver = SeparationSolver(
+        separator=separator, optim={"lr": 3e-3}, augment=augment, joint_sdr=False
+    )
+    solver.log = lambda *a, **k: None
+    stems = tone_stems(1.1).expand(-1, -1, 2, -1).repeat(2, 1, 1, 1)  # 4 stereo items
+    optimizer = solver.configure_optimizers()
+    losses = []
+    for _ in range(4):
+        loss = solver.training_step({"audio": stems.sum(1), "stems": stems}, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+    record = solver.eval().track_record("k", stems[0].sum(0), stems[0])
+    assert len(record["sdr"]) == 4 and np.isfinite(record["usdr"]).all()
