@@ -30,6 +30,7 @@ from musicgen.lm.model import MusicLM
 LM_FILE = "state_dict.bin"
 CONDITIONERS = "condition_provider.conditioners."
 CONDITION_NAMES = {"description": "text", "self_wav": "melody"}
+CHROMA_WINDOW = CONDITIONERS + "self_wav.chroma.spec.window"  # the chroma STFT's saved buffer
 T5_DIMS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024}
 
 
@@ -190,6 +191,12 @@ def condition_settings(cfg: dict) -> tuple[dict | None, dict | None]:
     return text, melody
 
 
+def _check_window(window: torch.Tensor) -> None:
+    """The chroma's saved STFT window must be the Hann window our chroma uses."""
+    if not torch.allclose(window.float(), torch.hann_window(len(window)), atol=1e-6):
+        raise ValueError(f"{CHROMA_WINDOW} is not a Hann window; our chroma uses one")
+
+
 def lm_state_from_audiocraft(
     best_state: dict[str, torch.Tensor], cfg: LMConfig
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
@@ -200,7 +207,9 @@ def lm_state_from_audiocraft(
     emb: dict[int, torch.Tensor] = {}
     heads: dict[str, dict[int, torch.Tensor]] = {"weight": {}, "bias": {}}
     for key, tensor in best_state.items():
-        if key.startswith(CONDITIONERS):
+        if key == CHROMA_WINDOW:
+            _check_window(tensor)
+        elif key.startswith(CONDITIONERS):
             name, _, rest = key[len(CONDITIONERS) :].partition(".output_proj.")
             if name not in CONDITION_NAMES or not rest:
                 raise ValueError(f"AudioCraft conditioner tensor with no counterpart: {key}")
