@@ -140,6 +140,24 @@ def test_demucs_repo_model_separates_as_apply_model(tmp_path: Path) -> None:
         load_separator("htdemucs_ft", model_dir=tmp_path / "demucs")
 
 
+def test_demucs_bag_separates_as_apply_model(tmp_path: Path) -> None:
+    """A bag of two HTDemucs with per-source weights (as ``htdemucs_ft``): the weighted mean
+    equals ``apply_model`` on the ``BagOfModels`` that ``demucs.pretrained`` loads."""
+    from musicgen.conditioners.stemmers import _load_from_repo
+
+    weights = [[1.0, 0.0, 0.5, 1.0], [0.0, 1.0, 0.5, 1.0]]
+    repo = write_demucs_repo(tmp_path, "htdemucs_ft", ("00000001", "00000002"), weights)
+    model = load_separator("htdemucs_ft", model_dir=repo)
+    assert model.config["kind"] == "htdemucs_bag" and len(model.models) == 2
+    mix = torch.randn(1, 2, int(8000 * 1.7)) * 0.3
+    expected = apply_model(_load_from_repo("htdemucs_ft", repo), mix, shifts=0)
+    torch.testing.assert_close(separate(model, mix, 8000), expected, atol=1e-6, rtol=0)
+    path = write_separator_checkpoint(model, tmp_path / "bag.ckpt")
+    torch.testing.assert_close(
+        separate(load_separator(path), mix, 8000), expected, atol=1e-6, rtol=0
+    )
+
+
 def test_spleeter_names_and_missing_weights(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown Spleeter model"):
         load_separator("spleeter:7stems", model_dir=tmp_path)

@@ -1,6 +1,7 @@
 """Source separators (pure PyTorch): Spleeter's U-Nets and HTDemucs behind one interface.
 
-Every separator has ``stems``, ``sample_rate``, ``audio_channels``, ``config`` (what
+Kinds: ``spleeter``, ``htdemucs`` and ``htdemucs_bag`` (a Demucs bag of HTDemucs models, as
+released ``htdemucs_ft``). Every separator has ``stems``, ``sample_rate``, ``audio_channels``, ``config`` (what
 :func:`build_separator` rebuilds it from), ``forward(mix (B, C, T)) -> (B, S, C, T)`` and
 ``training_loss(mix, stems) -> scalar``. Long recordings go through
 :func:`musicgen.separation.apply.separate`; saved and released models load with
@@ -11,10 +12,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from musicgen.separation.htdemucs import HTDemucsSeparator
+from musicgen.separation.htdemucs import HTDemucsBag, HTDemucsSeparator
 from musicgen.separation.spleeter import SpleeterSeparator
 
-KINDS = {"spleeter": SpleeterSeparator, "htdemucs": HTDemucsSeparator}
+KINDS = {
+    "spleeter": SpleeterSeparator,
+    "htdemucs": HTDemucsSeparator,
+    "htdemucs_bag": HTDemucsBag,
+}
 
 
 def build_separator(config: dict) -> nn.Module:
@@ -26,4 +31,4 @@ def build_separator(config: dict) -> nn.Module:
     return KINDS[kind](**options)
 
 
-__all__ = ["HTDemucsSeparator", "SpleeterSeparator", "build_separator"]
+__all__ = ["HTDemucsBag", "HTDemucsSeparator", "SpleeterSeparator", "build_separator"]

@@ -13,7 +13,7 @@ from musicgen.checkpoint_io import check_solver, first_line, load_lightning_chec
 from musicgen.errors import UserError
 from musicgen.paths import default_folders
 from musicgen.separation import build_separator
-from musicgen.separation.htdemucs import HTDemucsSeparator
+from musicgen.separation.htdemucs import HTDemucsBag, HTDemucsSeparator
 from musicgen.separation.spleeter_tf import PRESET_NAMES, load_spleeter
 
 SOLVER_PREFIX = "separator."  # the separator's parameters inside solvers.separation
@@ -70,13 +70,18 @@ def _load_demucs(name: str, model_dir: Path | None) -> nn.Module:
             f"{name}.yaml and its .th files"
         )
     model = _load_from_repo(name, repo)
-    models = model.models if isinstance(model, BagOfModels) else [model]
-    if len(models) != 1 or not isinstance(models[0], HTDemucs):
+    bag = model if isinstance(model, BagOfModels) else BagOfModels([model])
+    if not all(isinstance(m, HTDemucs) for m in bag.models):
         raise UserError(
-            f"Demucs model {name!r} is a bag of {len(models)} models or not an HTDemucs: "
-            "only single HTDemucs models are supported (htdemucs, htdemucs_6s)"
+            f"Demucs model {name!r} is not made of HTDemucs models: use htdemucs, htdemucs_ft "
+            "or htdemucs_6s"
         )
-    return HTDemucsSeparator.wrap(models[0]).eval()
+    if len(bag.models) == 1:
+        return HTDemucsSeparator.wrap(bag.models[0]).eval()
+    try:
+        return HTDemucsBag.wrap(bag).eval()
+    except ValueError as err:
+        raise UserError(f"Demucs bag {name!r} cannot be used: {err}") from None
 
 
 def load_separator(path: str | Path, model_dir: str | Path | None = None) -> nn.Module:

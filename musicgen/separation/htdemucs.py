@@ -63,3 +63,53 @@ class HTDemucsSeparator(nn.Module):
     def training_loss(self, mix: torch.Tensor, stems: torch.Tensor) -> torch.Tensor:
         """Demucs' ``l1`` loss: mean absolute waveform error (equal source weights)."""
         return F.l1_loss(self.model(mix), stems)
+
+
+class HTDemucsBag(nn.Module):
+    """A Demucs bag of HTDemucs models (``htdemucs_ft``): per stem, the ``weights``-weighted
+    mean of the models' estimates, as ``demucs.apply.apply_model`` combines a ``BagOfModels``
+    (the models must share sources, rate, channels and segment)."""
+
+    def __init__(self, models: list[dict], weights: list[list[float]] | None = None) -> None:
+        super().__init__()
+        self.models = nn.ModuleList(
+            HTDemucsSeparator(**{k: v for k, v in m.items() if k != "kind"}) for m in models
+        )
+        first = self.models[0]
+        if any(
+            (m.stems, m.sample_rate, m.audio_channels, m.segment_samples)
+            != (first.stems, first.sample_rate, first.audio_channels, first.segment_samples)
+            for m in self.models
+        ):
+            raise ValueError("the models of a bag must share sources, rate, channels and segment")
+        self.stems, self.sample_rate = first.stems, first.sample_rate
+        self.audio_channels, self.segment_samples = first.audio_channels, first.segment_samples
+        weights = weights or [[1.0] * len(self.stems) for _ in self.models]
+        self.register_buffer(
+            "weights", torch.tensor(weights, dtype=torch.float32), persistent=False
+        )
+        self.config = {
+            "kind": "htdemucs_bag",
+            "models": [dict(m.config) for m in self.models],
+            "weights": [list(map(float, w)) for w in weights],
+        }
+
+    @classmethod
+    def wrap(cls, bag) -> HTDemucsBag:
+        """The separator around a loaded ``demucs.apply.BagOfModels`` of HTDemucs."""
+        wrapped = [HTDemucsSeparator.wrap(model) for model in bag.models]
+        separator = cls([m.config for m in wrapped], bag.weights)
+        separator.models = nn.ModuleList(wrapped)
+        return separator
+
+    def valid_length(self, length: int) -> int:
+        return self.models[0].valid_length(length)
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        total = sum(
+            w[:, None, None] * m(mix) for w, m in zip(self.weights, self.models, strict=True)
+        )
+        return total / self.weights.sum(dim=0)[:, None, None]
+
+    def training_loss(self, mix: torch.Tensor, stems: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(self(mix), stems)
