@@ -32,7 +32,7 @@ from musicgen.separation.checkpoint import load_separator
 BLOCK_SECONDS = 60.0
 
 
-def _open_audio(path: str | Path, model_channels: int) -> sf.SoundFile:
+def _open_audio(path: str | Path) -> sf.SoundFile:
     if not Path(path).is_file():
         raise UserError(f"audio file {path} does not exist: pass the path of a recording")
     try:
@@ -44,13 +44,15 @@ def _open_audio(path: str | Path, model_channels: int) -> sf.SoundFile:
     if audio.frames == 0:
         audio.close()
         raise UserError(f"audio file {path} has no samples: pass a recording that is not empty")
-    if audio.channels not in (1, 2, model_channels):
-        audio.close()
+    return audio
+
+
+def _check_channels(path: str | Path, channels: int, model_channels: int) -> None:
+    if channels not in (1, 2, model_channels):
         raise UserError(
-            f"audio file {path} has {audio.channels} channels, the model takes mono or stereo: "
+            f"audio file {path} has {channels} channels, the model takes mono or stereo: "
             f"mix it down first (e.g. ffmpeg -i {path} -ac 2 out.wav)"
         )
-    return audio
 
 
 def _stem_indices(wanted: str | None, stems: tuple[str, ...]) -> list[int]:
@@ -76,13 +78,14 @@ def separate_file(
     block_seconds: float = BLOCK_SECONDS,
 ) -> list[Path]:
     """Write the stems of ``source`` into ``outdir``; returns the files written."""
-    model = load_separator(checkpoint, model_dir).to(device)
-    indices = _stem_indices(stems, model.stems)
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"output folder {outdir} is a file: pass a folder")
-    with _open_audio(source, model.audio_channels) as audio:
+    with _open_audio(source) as audio:
         rate, channels, frames = audio.samplerate, audio.channels, audio.frames
+        model = load_separator(checkpoint, model_dir).to(device)
+        _check_channels(source, channels, model.audio_channels)
+        indices = _stem_indices(stems, model.stems)
         outdir.mkdir(parents=True, exist_ok=True)
         targets = [inside(outdir, f"{model.stems[i]}.wav") for i in indices]
         segment = model.segment_samples / model.sample_rate
@@ -142,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = parser.parse_args(argv)
     try:
+        if args.checkpoint is not None and not Path(args.checkpoint).exists():
+            raise UserError(
+                f"checkpoint {args.checkpoint} does not exist: pass a .ckpt of train.py "
+                "solver=separation or an unpacked Spleeter release folder"
+            )
         written = separate_file(
             args.source,
             args.outdir,
