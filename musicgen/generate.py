@@ -2,6 +2,7 @@
 
     python -m musicgen.generate --checkpoint PATH --text "a calm chorale" --duration 8 --out out.wav
     python -m musicgen.generate --checkpoint PATH --text "..." --melody in.wav --out out.wav
+    python -m musicgen.generate --model DIR --text "..." [--melody in.wav] --out out.wav
     python -m musicgen.generate --checkpoint PATH --text "..." --out out.wav \
         --decoder diffusion --diffusion-checkpoint MBD [--diffusion-steps 20]
 
@@ -11,7 +12,11 @@ to ``--duration``, and goes through the model's stemmer; a model trained with th
 stemmer (the dataset's own stems) takes the file as the already-separated melody. Folders of
 pretrained parts the checkpoint names inside the training's ``paths.weights_dir`` are looked up
 in ``--weights-dir`` (default ``MUSICGEN_WEIGHTS`` or ``./weights``); ``--text-encoder``,
-``--stemmer`` and ``--demucs-repo`` replace them. ``--decoder diffusion`` decodes the tokens with a
+``--stemmer`` and ``--demucs-repo`` replace them. ``--model DIR`` is a released MusicGen folder
+instead (AudioCraft's ``state_dict.bin`` + ``compression_state_dict.bin``, or a transformers
+download; text-only or melody, mono or stereo; see :meth:`MusicGen.from_pretrained`):
+``--text-encoder`` names the T5 folder of an AudioCraft release, ``--codec`` a transformers
+EnCodec folder when its codec file only names one. ``--decoder diffusion`` decodes the tokens with a
 MultiBand Diffusion decoder (``MBD``: a ``train.py`` checkpoint of ``solver=diffusion`` or
 AudioCraft's released weights) instead of the codec.
 """
@@ -33,7 +38,7 @@ from musicgen.musicgen_model import MusicGen
 
 
 def generate(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     text: str,
     out: str | Path,
     duration: float = 8.0,
@@ -48,14 +53,24 @@ def generate(
     local: dict | None = None,
     diffusion_checkpoint: str | Path | None = None,
     diffusion_steps: int = 20,
+    model_dir: str | Path | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Write ``out`` (16-bit WAV at the model's rate); returns its audio ``(C, T)`` and rate.
     ``local``: this machine's folders for the pretrained parts (``weights_dir``, ``text_dir``,
     ``stemmer``, ``demucs_repo``: see :meth:`MusicGen.from_checkpoint`). With
-    ``diffusion_checkpoint`` the tokens are decoded by that MultiBand Diffusion decoder."""
+    ``diffusion_checkpoint`` the tokens are decoded by that MultiBand Diffusion decoder. With
+    ``model_dir`` (a released MusicGen folder) instead of ``checkpoint``, ``local`` may hold
+    ``text_dir``, ``stemmer``, ``demucs_repo`` and ``codec_dir`` (see
+    :meth:`MusicGen.from_pretrained`)."""
     if diffusion_checkpoint is not None and not Path(diffusion_checkpoint).exists():
         raise UserError(f"diffusion checkpoint {diffusion_checkpoint} does not exist: {FIX}")
-    model = MusicGen.from_checkpoint(checkpoint, device, **(local or {}))
+    local = local or {}
+    if model_dir is not None:
+        options = ("text_dir", "stemmer", "demucs_repo", "codec_dir")
+        model = MusicGen.from_pretrained(model_dir, device, **{k: local.get(k) for k in options})
+    else:
+        local = {k: v for k, v in local.items() if k != "codec_dir"}
+        model = MusicGen.from_checkpoint(checkpoint, device, **local)
     wav = stems = None
     if melody is not None:
         wav = read_audio(melody, model.sample_rate, model.channels)[None]
@@ -88,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m musicgen.generate", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--checkpoint", required=True, help="train.py .ckpt of solver=musicgen*")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="train.py .ckpt of solver=musicgen*")
+    source.add_argument("--model", help="released MusicGen folder (AudioCraft or transformers)")
     parser.add_argument("--text", required=True, help="the caption")
     parser.add_argument("--melody", default=None, help="audio file whose melody to follow")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds (default 8)")
@@ -116,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         "--stemmer", choices=("demucs", "oracle", "none"), default=None, help="melody stemmer"
     )
     parser.add_argument("--demucs-repo", default=None, help="local Demucs folder to use instead")
+    parser.add_argument(
+        "--codec", default=None, help="with --model: a transformers EnCodec folder for the codec"
+    )
     add_decoder_arguments(parser)
     args = parser.parse_args(argv)
     local = {
@@ -123,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "text_dir": args.text_encoder,
         "stemmer": args.stemmer,
         "demucs_repo": args.demucs_repo,
+        "codec_dir": args.codec,
     }
     try:
         diffusion_checkpoint = decoder_checkpoint(args)
@@ -142,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             local,
             diffusion_checkpoint,
             args.diffusion_steps,
+            args.model,
         )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -149,3 +149,22 @@ def test_bad_folders_are_one_line_errors(tmp_path, tokenizer):
         MusicGen.from_pretrained(decoder)
     cases.append(err)
     assert all("\n" not in str(case.value) for case in cases)
+
+
+def test_generate_cli_reads_a_release_folder(tmp_path, tokenizer, capsys):
+    """``python -m musicgen.generate --model DIR`` writes a WAV; a bad folder is one error line."""
+    import soundfile as sf
+
+    from musicgen.generate import main
+
+    save_release(tmp_path / "release", tokenizer)
+    out = tmp_path / "out.wav"
+    argv = ["--model", str(tmp_path / "release"), "--text", "a calm chorale"]
+    assert main([*argv, "--duration", "0.2", "--out", str(out), "--device", "cpu"]) == 0
+    audio, rate = sf.read(out)
+    assert rate == 32000 and len(audio) == 6400
+    capsys.readouterr()
+    missing = ["--model", str(tmp_path / "nothing"), "--text", "x", "--out", str(out)]
+    assert main([*missing, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "nothing" in err
