@@ -234,9 +234,9 @@ STOPS = {
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     "stop",
-    [
-        "USR2",
-        pytest.param("scontrol_requeue", marks=pytest.mark.slow),  # ~40 s: make test-all
+    [  # ~40 s each on 2 cores: make test-all (the fast suite keeps the sweep and signal tests)
+        pytest.param("USR2", marks=pytest.mark.slow),
+        pytest.param("scontrol_requeue", marks=pytest.mark.slow),
         pytest.param("USR2_and_scontrol_requeue", marks=pytest.mark.slow),
     ],
 )
