@@ -4,11 +4,12 @@
 
 Models (random weights, the configs of conf/solver/separator/): the ``spleeter_tiny`` preset of
 ``experiment=separation_tiny``, Spleeter 4stems and HTDemucs (htdemucs-sized). Each separates
-the same stereo 44.1 kHz noise with :func:`musicgen.separation.apply.separate` (windows of the
-model's segment, overlap 0.25); for HTDemucs ``demucs.apply.apply_model(shifts=0, split=True)``
-on the same network in the same run is the reference (``ratio`` = its wall-clock time / ours,
-``ratio_cpu`` the same in process CPU time, steadier on a busy machine; the outputs are compared
-too). Prints a table and one JSON line.
+noise at its rate and channel count with :func:`musicgen.separation.apply.separate` (windows of
+the model's segment, overlap 0.25). For HTDemucs, ``demucs.apply.apply_model(shifts=0,
+split=True)`` on the same network, in the same run, is the reference: ``ratio`` is its
+wall-clock time over ours, ``ratio_cpu`` the same in process CPU time (steadier on a busy
+machine), and the outputs are compared. Best of ``--repeats`` rounds, alternating which runs
+first. Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,23 +40,26 @@ def separator_config(preset: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path).module.separator)
 
 
-def timed(fn, repeats: int) -> tuple[torch.Tensor, float, float]:
-    """``fn()``'s output and its best wall-clock and process CPU seconds over ``repeats``."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        with torch.no_grad():
-            out = fn()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return out, min(walls), min(cpus)
+def race(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, tuple]:
+    """Each function's output and best wall-clock and process CPU seconds over ``repeats``
+    rounds, the order reversed every other round (no function always runs first)."""
+    best: dict[str, tuple] = {}
+    for round_ in range(repeats):
+        for name in list(fns)[:: -1 if round_ % 2 else 1]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            with torch.no_grad():
+                out = fns[name]()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            old = best.get(name, (None, float("inf"), float("inf")))
+            best[name] = (out, min(wall, old[1]), min(cpu, old[2]))
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="audio length (default 20 s)")
     parser.add_argument("--threads", default="1,2", help="torch thread counts (default 1,2)")
-    parser.add_argument("--repeats", type=int, default=1, help="best of N runs (default 1)")
+    parser.add_argument("--repeats", type=int, default=2, help="best of N runs (default 2)")
     parser.add_argument(
         "--models", default=",".join(PRESETS), help=f"subset of {','.join(PRESETS)}"
     )
@@ -69,7 +74,11 @@ def main() -> None:
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
             separate(model, mix[..., : rate // 2], rate)  # warm-up
-            ours, wall, cpu = timed(lambda: separate(model, mix, rate), args.repeats)  # noqa: B023
+            fns = {"ours": lambda: separate(model, mix, rate)}  # noqa: B023
+            if name == "htdemucs":
+                fns["apply_model"] = lambda: apply_model(model.model, mix, shifts=0, overlap=0.25)  # noqa: B023
+            times = race(fns, args.repeats)
+            ours, wall, cpu = times["ours"]
             row = {
                 "model": name,
                 "threads": threads,
@@ -81,11 +90,8 @@ def main() -> None:
                 "ratio_cpu": None,
                 "max_abs_diff": None,
             }
-            if name == "htdemucs":
-                reference, ref_wall, ref_cpu = timed(
-                    lambda: apply_model(model.model, mix, shifts=0, split=True, overlap=0.25),  # noqa: B023
-                    args.repeats,
-                )
+            if "apply_model" in times:
+                reference, ref_wall, ref_cpu = times["apply_model"]
                 row["apply_model_x_realtime"] = round(seconds / ref_wall, 2)
                 row["ratio"] = round(ref_wall / wall, 2)
                 row["ratio_cpu"] = round(ref_cpu / cpu, 2)
