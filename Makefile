@@ -96,7 +96,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 bench: install
-	$(PY) benchmarks/data_throughput.py
+	$(PY) benchmarks/data_throughput.py --data-wait compression_tiny,mt3_tiny,musicgen_melody_tiny
 	$(PY) benchmarks/compression.py
 	$(PY) benchmarks/transcription.py
 	$(PY) benchmarks/scaling.py
