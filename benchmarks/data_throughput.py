@@ -147,7 +147,7 @@ def data_wait(root: Path, preset: str, steps: int, out: Path) -> dict:
     cmd = [
         sys.executable, "train.py", f"experiment={preset}", f"dataset.root={root}",
         "logger=csv", f"paths.runs_dir={out}", f"run.name={preset}",
-        f"loader.train_batches_per_epoch={steps}", "trainer.max_epochs=1", "trainer.max_steps=-1",
+        f"loader.train_batches_per_epoch={steps}", "trainer.max_epochs=1", f"trainer.max_steps={2 * steps}",
         "trainer.limit_val_batches=0",
         "+callbacks.data_wait._target_=benchmarks.data_throughput.DataWaitTimer",
         f"+callbacks.data_wait.path={report}",
