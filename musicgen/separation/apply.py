@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from musicgen.audio import convert_audio, fit_length
 
@@ -102,8 +103,9 @@ def separate(
     progress: bool | Callable[[int], None] = False,
 ) -> torch.Tensor:
     """Stems ``(B, S, C, T)`` of ``mix`` ``(C, T)`` or ``(B, C, T)`` at ``sample_rate``, at
-    the input's rate, channel count and length. ``segment_seconds`` overrides the model's window;
-    ``progress``: a tqdm bar (``True``) or a callback given the input samples done."""
+    the input's rate, channel count and length (the model is put in eval mode, as
+    ``apply_model`` does). ``segment_seconds`` overrides the model's window; ``progress``: a
+    tqdm bar (``True``) or a callback given the input samples done."""
     if mix.dim() == 2:
         mix = mix[None]
     if mix.dim() != 3:
@@ -114,14 +116,13 @@ def separate(
     )
     segment = round(segment_seconds * model.sample_rate) if segment_seconds else None
     ratio = sample_rate / model.sample_rate
-    bar = None
-    if progress is True:
-        from tqdm import tqdm
-
-        bar = tqdm(total=length, unit="sample", unit_scale=True, leave=False)
-        callback = lambda n: bar.update(round(n * ratio))  # noqa: E731
-    else:
-        callback = (lambda n: progress(round(n * ratio))) if callable(progress) else None
+    bar = (
+        tqdm(total=length, unit="sample", unit_scale=True, leave=False)
+        if progress is True
+        else None
+    )
+    report = bar.update if bar is not None else progress if callable(progress) else None
+    callback = (lambda n: report(round(n * ratio))) if report is not None else None
     try:
         stems = separate_native(model.eval(), model_mix, segment, overlap, callback)
     finally:
