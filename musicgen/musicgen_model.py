@@ -404,7 +404,19 @@ class MusicGen(nn.Module):
                 stemmer,
                 demucs_repo,
             )
-            model = cls.build(codec, hparams["lm"], text, melody, hparams.get("segment_seconds"))
+            if hparams.get("init_from"):  # fine-tuned from a released folder: rebuilt from it
+                folders = default_folders(weights_dir=weights_dir)
+                demucs = ((melody or {}).get("stemmers") or {}).get("demucs") or {}
+                model = cls.from_pretrained(
+                    resolve_references(hparams["init_from"], folders),
+                    text_dir=(text or {}).get("local_dir"),
+                    stemmer=(melody or {}).get("stemmer"),
+                    demucs_repo=demucs.get("repo"),
+                )
+            else:
+                model = cls.build(
+                    codec, hparams["lm"], text, melody, hparams.get("segment_seconds")
+                )
         except (KeyError, TypeError) as err:
             raise UserError(
                 f"{path} is not a checkpoint of train.py solver=musicgen (missing {err}): {fix}"

@@ -180,6 +180,18 @@ class ParameterEMA(nn.Module):
                     param.copy_(own)
 
 
+def released_model(folder: str, text: dict | None, melody: dict | None) -> MusicGen:
+    """``MusicGen.from_pretrained(folder)`` (AudioCraft or transformers layout) to fine-tune, with
+    the T5 folder (``text.local_dir``) and the melody stemmer of the solver's settings."""
+    demucs = ((melody or {}).get("stemmers") or {}).get("demucs") or {}
+    return MusicGen.from_pretrained(
+        folder,
+        text_dir=(text or {}).get("local_dir"),
+        stemmer=(melody or {}).get("stemmer"),
+        demucs_repo=demucs.get("repo"),
+    )
+
+
 def load_codec(path: str | None) -> CompressionModel:
     """The frozen codec: a ``train.py`` .ckpt of ``solver=compression``, a saved codec directory
     or an official EnCodec ``.th`` file in a local folder."""
@@ -234,7 +246,10 @@ class MusicGenSolver(L.LightningModule):
     against the stemmer), ``generation`` the sampling settings of every generation,
     ``samples`` how many validation clips (``count``, ``duration`` in seconds, ``seed``),
     ``codec`` the codec's config when rebuilding from a checkpoint (which holds its weights;
-    otherwise the codec is read from ``codec_checkpoint``), ``evaluation`` the test metrics' models (``fad_embedder``: crepe, vggish or encodec, with
+    otherwise the codec is read from ``codec_checkpoint``), ``init_from`` a released MusicGen
+    folder to fine-tune (AudioCraft or transformers layout: the model's shape, codec and
+    conditions come from it; the LM and condition projections train, codec and text encoder stay
+    frozen), ``evaluation`` the test metrics' models (``fad_embedder``: crepe, vggish or encodec, with
     ``fad_weights``; ``clap_weights``/``kl_weights`` enable those slots).
     """
 
@@ -256,6 +271,7 @@ class MusicGenSolver(L.LightningModule):
         evaluation: dict | None = None,
         dataset_name: str = "",
         chroma_cache: str | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if (melody or {}).get("stemmer") == "oracle" and "stems" not in (data_fields or []):
@@ -267,16 +283,21 @@ class MusicGenSolver(L.LightningModule):
             if not 0.0 <= p <= 1.0:
                 raise UserError(f"solver.module.{name} must be a probability in [0, 1], got {p}")
         self.save_hyperparameters()
-        # A checkpoint holds the codec's weights: rebuilding it takes only its config.
-        codec = (
-            CompressionModel(CodecConfig.from_dict(codec))
-            if codec
-            else load_codec(codec_checkpoint)
-        )
-        if melody is not None and melody.get("duration_frames") is None and segment_seconds:
-            melody = {**melody, "duration_frames": melody_frames(melody, codec, segment_seconds)}
-            self.hparams["melody"] = melody
-        self.model = MusicGen.build(codec, lm, text, melody, segment_seconds)
+        if init_from:  # a released model: its shape, codec and conditions come from the folder
+            self.model = released_model(init_from, text, melody)
+            codec = self.model.codec
+        else:
+            # A checkpoint holds the codec's weights: rebuilding it takes only its config.
+            codec = (
+                CompressionModel(CodecConfig.from_dict(codec))
+                if codec
+                else load_codec(codec_checkpoint)
+            )
+            if melody is not None and melody.get("duration_frames") is None and segment_seconds:
+                frames = melody_frames(melody, codec, segment_seconds)
+                melody = {**melody, "duration_frames": frames}
+                self.hparams["melody"] = melody
+            self.model = MusicGen.build(codec, lm, text, melody, segment_seconds)
         self.hparams["codec"] = codec.config.to_dict()  # the checkpoint rebuilds the codec from it
         self.hparams["lm"] = self.model.lm.config.to_dict()
         self.optim = {**OPTIM, **(optim or {})}

@@ -168,3 +168,30 @@ def test_generate_cli_reads_a_release_folder(tmp_path, tokenizer, capsys):
     assert main([*missing, "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and "nothing" in err
+
+
+def test_solver_fine_tunes_from_a_release(tmp_path, tokenizer):
+    """``solver.module.init_from=DIR``: the solver trains the released model (same weights, codec
+    and text encoder frozen) and its step-0 loss on a batch is transformers' loss (``labels``)."""
+    from solvers.musicgen import MusicGenSolver
+
+    hf = save_release(tmp_path, tokenizer)
+    solver = MusicGenSolver(lm={}, init_from=str(tmp_path), ema_decay=None)
+    released = MusicGen.from_pretrained(tmp_path)
+    for name, tensor in released.state_dict().items():
+        assert torch.equal(solver.model.state_dict()[name], tensor), name
+    trainable = {name for name, p in solver.model.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith(("lm.", "conditions.")) for name in trainable)
+    assert not any("encoder" in name for name in trainable)  # T5 and codec stay frozen
+    wav = torch.randn(2, 1, 640 * 12, generator=torch.Generator().manual_seed(6))
+    ours = solver.loss({"audio": wav, "caption": CAPTIONS}).loss
+    codes = solver.model.tokens(wav)
+    seq = solver.model.lm.pattern.build(codes, solver.model.lm.special)[0]
+    tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        expected = hf(
+            **tokens,
+            decoder_input_ids=seq[:, :, :-1].reshape(2 * N_Q, -1),
+            labels=seq[:, :, 1:].transpose(1, 2),
+        ).loss
+    assert abs(ours.item() - expected.item()) < 1e-5, (ours.item(), expected.item())
