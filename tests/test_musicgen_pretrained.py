@@ -114,6 +114,7 @@ def test_text_release_generates_transformers_audio(tmp_path, tokenizer, channels
     assert diff < 1e-4, diff
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_melody_release_loads(tmp_path, tokenizer):
     save_release(tmp_path, tokenizer, melody=True)
@@ -195,3 +196,20 @@ def test_solver_fine_tunes_from_a_release(tmp_path, tokenizer):
             labels=seq[:, :, 1:].transpose(1, 2),
         ).loss
     assert abs(ours.item() - expected.item()) < 1e-5, (ours.item(), expected.item())
+
+
+@pytest.mark.slow
+def test_fine_tuned_checkpoint_rebuilds_from_its_release(tmp_path, tokenizer):
+    """A checkpoint of a solver started with ``init_from`` loads with ``MusicGen.from_checkpoint``
+    (the released folder rebuilds the model, the checkpoint's weights replace its own)."""
+    from solvers.musicgen import MusicGenSolver
+
+    save_release(tmp_path / "release", tokenizer)
+    solver = MusicGenSolver(lm={}, init_from=str(tmp_path / "release"), ema_decay=None)
+    with torch.no_grad():
+        solver.model.lm.heads.weight.add_(1.0)  # as if trained
+    state = {f"model.{k}": v for k, v in solver.model.state_dict().items()}
+    torch.save({"hyper_parameters": dict(solver.hparams), "state_dict": state}, tmp_path / "x.ckpt")
+    model = MusicGen.from_checkpoint(tmp_path / "x.ckpt")
+    assert torch.equal(model.lm.heads.weight, solver.model.lm.heads.weight)
+    assert model.lm.config == solver.model.lm.config
