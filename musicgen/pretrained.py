@@ -162,6 +162,7 @@ def _from_audiocraft(
         settings = dict(release.melody)
         if settings.pop("sample_rate") != codec.sample_rate:
             raise UserError(f"the chroma of {path} is set for another sample rate than its codec")
+        match_length = settings.pop("match_len_on_eval")
         chroma_stemmer, kind = _stemmer(stemmer, demucs_repo)
         frames = ChromaExtractor(
             codec.sample_rate,
@@ -173,7 +174,11 @@ def _from_audiocraft(
             dim,
             sample_rate=codec.sample_rate,
             stemmer=chroma_stemmer,
-            duration_frames=frames.num_frames(int(codec.sample_rate * release.segment_seconds)),
+            duration_frames=(
+                frames.num_frames(int(codec.sample_rate * release.segment_seconds))
+                if match_length
+                else None
+            ),
             **settings,
         )
         melody.proj.load_state_dict(release.projections["melody"])

@@ -187,6 +187,8 @@ def condition_settings(cfg: dict) -> tuple[dict | None, dict | None]:
             "winlen": winlen,
             "hop": winlen // 4,
             "sample_rate": int(chroma["sample_rate"]),
+            # True: the chroma is looped or cropped to a training segment's frames
+            "match_len_on_eval": bool(chroma.get("match_len_on_eval", True)),
         }
     return text, melody
 
