@@ -172,7 +172,7 @@ def codec_config_from_hf(config: Any, n_q: int) -> CodecConfig:
     )
 
 
-def _our_name(key: str, ours: set[str]) -> str:
+def our_codec_key(key: str, ours: set[str]) -> str:
     """Our parameter name of a transformers ``EncodecModel`` state-dict key."""
     key = key.replace(".parametrizations.weight.original0", ".weight_g")
     key = key.replace(".parametrizations.weight.original1", ".weight_v")
@@ -195,5 +195,5 @@ def codec_from_hf(audio_encoder: nn.Module) -> CompressionModel:
     n_q = len(audio_encoder.quantizer.layers)
     model = CompressionModel(codec_config_from_hf(audio_encoder.config, n_q))
     ours = set(model.state_dict())
-    state = {_our_name(k, ours): v for k, v in audio_encoder.state_dict().items()}
+    state = {our_codec_key(k, ours): v for k, v in audio_encoder.state_dict().items()}
     return CompressionModel._from_state(model.config, state, Path("the transformers audio_encoder"))
