@@ -20,6 +20,7 @@ from musicgen.diffusion import load_diffusion
 from musicgen.errors import UserError
 from solvers.diffusion import PAPER_ROWS, DiffusionSolver
 from tests.fixtures.repeat import Repeat
+from tests.fixtures.toy_shards import write_toy_dataset
 from tests.test_musicgen_solver import RATE, write_tiny_codec
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -221,3 +222,35 @@ def test_checkpoint_rebuilds_the_solver_without_the_codec_file(codec: Path, tmp_
     sample = loaded.sample(latent, 2, torch.Generator().manual_seed(0), length=wav.shape[-1])
     again = model.ema.sample(latent, 2, torch.Generator().manual_seed(0), length=wav.shape[-1])
     assert torch.equal(sample, again)
+
+
+@pytest.mark.slow
+def test_two_processes_count_every_item_once(codec: Path, tmp_path: Path) -> None:
+    """Under DDP (2 processes, 2 + 1 test items, batches of 1) the sums are reduced over ranks:
+    the codec decoder's scores (deterministic) equal one process's, every row counts 3 items and
+    a rank with fewer batches neither hangs nor skews the means."""
+    data = write_toy_dataset(tmp_path / "uneven", {"train": 2, "valid": 1, "test": 3})
+    overrides = [
+        "experiment=diffusion_tiny",
+        f"dataset.root={data}",
+        "solver.data.sample_rate=16000",
+        "solver.data.eval_segment_seconds=1.0",
+        f"solver.module.codec_checkpoint={codec}",
+        "solver.module.n_q=2",
+        "solver.module.diffusion.unet.hidden=4",
+        "solver.module.sampling.steps=2",
+        "solver.module.evaluation.fad_embedder=encodec",
+        f"solver.module.evaluation.fad_weights={codec}",
+        "loader.eval_batch_size=1",
+        "loader.num_workers=0",
+    ]
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"{devices}.json"
+        run("-m", "tests.fixtures.ddp_test_loop", str(out), str(devices), *overrides)
+        results[devices] = json.loads(out.read_text())
+    one, two = (results[n]["tables"]["diffusion"][:2] for n in (1, 2))
+    assert [row["n"] for row in one + two] == ["3 decoded / 3 reference"] * 4
+    assert two[0]["mel_distance"] == pytest.approx(one[0]["mel_distance"], rel=1e-6)
+    assert two[0]["si_snr_db"] == pytest.approx(one[0]["si_snr_db"], rel=1e-6)
+    assert all(v == v for v in results[2]["metrics"].values())  # no NaN
