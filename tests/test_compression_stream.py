@@ -8,6 +8,7 @@ import torch
 from encodec import EncodecModel
 
 from musicgen.compression import OFFICIAL, CodecConfig, CompressionModel
+from musicgen.metrics.embeddings import EncodecEmbedder
 
 NON_CAUSAL = CodecConfig(
     sample_rate=16000, ratios=(8, 5, 4, 2), n_filters=4, dimension=16, n_q=4, bins=512
@@ -96,3 +97,24 @@ def test_digest_names_the_weights_not_the_file(tmp_path) -> None:
     with torch.no_grad():
         loaded.decoder.model[0].conv.conv.bias[0] += 1
     assert loaded.digest() != model.digest()
+
+
+def test_48khz_embedding_is_the_encoder_output_of_each_normalised_segment() -> None:
+    """The FAD embedding of the official 48 kHz codec: ``encodec``'s encoder on each 1 s segment
+    scaled as ``EncodecModel._encode_frame`` scales it (unit RMS of that segment's mono mix)."""
+    torch.manual_seed(0)
+    official = EncodecModel.encodec_model_48khz(pretrained=False).eval()
+    ours = CompressionModel(OFFICIAL["encodec_48khz"]).eval()
+    ours.load_state_dict(official.state_dict())
+    length = int(2.2 * 48000)
+    t = torch.arange(length) / 48000
+    left = 0.3 * torch.sin(2 * torch.pi * 220 * t) * (1 + 9 * (t > 1.2))  # louder after 1.2 s
+    wav = torch.stack([left, 0.05 * torch.randn(length)])
+    expected = []
+    with torch.no_grad():
+        for offset in range(0, length, official.segment_stride):
+            x = wav[None, :, offset : offset + official.segment_length]
+            scale = 1e-8 + x.mean(dim=1, keepdim=True).pow(2).mean(dim=2, keepdim=True).sqrt()
+            expected.append(official.encoder(x / scale)[0].T)
+    embedding = EncodecEmbedder(ours).embed(wav, 48000)
+    torch.testing.assert_close(embedding, torch.cat(expected), rtol=0, atol=1e-5)

@@ -110,9 +110,15 @@ class EncodecEmbedder:
     def embed(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
         wav = _as_channels_first(wav).float().to(_device_of(self.model))
         wav = convert_audio(wav, sample_rate, self.sample_rate, self.model.channels)
-        if self.model.config.normalize:  # the official 48 kHz model encodes unit-RMS audio
-            wav = wav / (wav.pow(2).mean().sqrt() + 1e-8)
-        return self.model.encoder(wav.unsqueeze(0))[0].T
+        latents = []
+        # The segments the codec codes independently (1 s for the official 48 kHz model, each
+        # scaled to unit RMS of its mono mix as ``encodec.EncodecModel.encode`` does).
+        for offset, size in self.model.segments(wav.shape[-1]):
+            x = wav[None, :, offset : offset + size]
+            if self.model.config.normalize:
+                x = x / (1e-8 + x.mean(dim=1, keepdim=True).pow(2).mean().sqrt())
+            latents.append(self.model.encoder(x)[0].T)
+        return torch.cat(latents)
 
 
 class CrepeEmbedder:
