@@ -11,6 +11,9 @@ tests/test_ddp_equivalence.py and tests/test_fault_tolerance.py).
   sum in another order (more ranks, another reduction algorithm), about 1 ulp per gradient
   which Adam's normalisation can carry into an lr-1e-3 update. (compression_tiny trains with
   manual optimisation, which Lightning does not accumulate: it has no 1-process counterpart.)
+* Uneven train shards (5, 9 and 30 samples) on 2 processes x 2 loader workers: more readers
+  than shards, a real DDP run of mt3_tiny through two epochs and their validations ends (a rank
+  with fewer batches would leave the other waiting in the gradient reduction: a hang).
 * kill -9 of an ``experiment=mt3_tiny`` run at two points, each time rerunning the same command:
   every restart resumes from ``last.ckpt`` with the global step continuing, and the run ends at
   ``trainer.max_steps``.
@@ -18,6 +21,8 @@ tests/test_ddp_equivalence.py and tests/test_fault_tolerance.py).
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +32,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.shards import ShardWriter
+from tests.fixtures.toy_shards import toy_sample, write_toy_dataset
 from tests.test_fault_tolerance import (
     assert_complete_checkpoints,
     start,
@@ -37,7 +44,8 @@ from tests.test_fault_tolerance import (
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-MT3 = ["experiment=mt3_tiny", "trainer.limit_val_batches=0", "logger=csv", "loader.batch_size=2"]
+MT3 = ["experiment=mt3_tiny", "logger=csv", "loader.batch_size=2"]
+NO_VALIDATION = "trainer.limit_val_batches=0"
 STEPS = 4
 TOLERANCE = 1e-6
 
@@ -66,6 +74,7 @@ def test_mt3_tiny_on_two_processes_matches_one_process(toy_dataset: Path, tmp_pa
     single = train(
         toy_dataset,
         tmp_path / "single",
+        NO_VALIDATION,
         "loader.num_workers=2",
         "+trainer.accumulate_grad_batches=2",
         f"loader.train_batches_per_epoch={2 * STEPS}",
@@ -73,6 +82,7 @@ def test_mt3_tiny_on_two_processes_matches_one_process(toy_dataset: Path, tmp_pa
     ddp = train(
         toy_dataset,
         tmp_path / "ddp",
+        NO_VALIDATION,
         "trainer=ddp",
         "loader.num_workers=1",
         f"loader.train_batches_per_epoch={STEPS}",
@@ -94,7 +104,7 @@ def test_mt3_tiny_on_two_processes_matches_one_process(toy_dataset: Path, tmp_pa
 def test_mt3_tiny_killed_twice_resumes_from_last_ckpt(toy_dataset: Path, tmp_path: Path) -> None:
     cmd = [
         sys.executable, "train.py", *MT3, f"dataset.root={toy_dataset}",
-        f"paths.runs_dir={tmp_path / 'runs'}", "loader.num_workers=1",
+        f"paths.runs_dir={tmp_path / 'runs'}", NO_VALIDATION, "loader.num_workers=1",
         "loader.train_batches_per_epoch=5", "trainer.max_steps=14",
         "checkpoint.every_n_train_steps=2",
         "+callbacks.report._target_=tests.fixtures.callbacks.RankReport",
@@ -118,3 +128,31 @@ def test_mt3_tiny_killed_twice_resumes_from_last_ckpt(toy_dataset: Path, tmp_pat
     print(f"kill -9 at steps >= 5 and >= 10: restarts began at {start_steps(tmp_path)}")
     assert start_steps(tmp_path) == [0, *saved]
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 14
+
+
+@pytest.mark.timeout(900)
+def test_uneven_shards_on_two_processes_with_two_workers(tmp_path: Path) -> None:
+    root = write_toy_dataset(tmp_path / "uneven", {"valid": 5, "test": 1}, per_shard=2)
+    shards, key = [], 0
+    for part, size in enumerate((5, 9, 30)):
+        with ShardWriter(root, f"part{part}", max_samples=100) as writer:
+            for _ in range(size):
+                writer.write(f"toy-train-{key:03d}", *toy_sample(key, seconds=2.5))
+                key += 1
+        shards.append(f"part{part}-000000.tar")
+    index = json.loads((root / "index.json").read_text())
+    index["splits"]["train"] = {"shards": shards, "num_samples": key}
+    (root / "index.json").write_text(json.dumps(index))
+    state = train(
+        root,
+        tmp_path / "runs",
+        "trainer=ddp",
+        "loader.num_workers=2",
+        "loader.train_batches_per_epoch=2",
+        "loader.eval_batch_size=1",
+        "solver.module.max_decode_length=16",
+    )
+    assert state["epoch"] >= 1
+    (metrics,) = (tmp_path / "runs").glob("*/logs/**/metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    assert len([r for r in rows if r.get("valid/onset_f1")]) == 2  # a validation per epoch
