@@ -213,3 +213,29 @@ def test_fine_tuned_checkpoint_rebuilds_from_its_release(tmp_path, tokenizer):
     model = MusicGen.from_checkpoint(tmp_path / "x.ckpt")
     assert torch.equal(model.lm.heads.weight, solver.model.lm.heads.weight)
     assert model.lm.config == solver.model.lm.config
+
+
+def test_audiocraft_settings_we_cannot_rebuild_are_named(tmp_path):
+    """An AudioCraft state_dict.bin whose xp.cfg asks for what our LM does not implement is one
+    error naming the setting (checked before any tensor is read)."""
+    lm = {"dim": 32, "num_heads": 2, "num_layers": 1, "n_q": 4, "card": CARD, "norm_first": True}
+    cfg = {
+        "lm_model": "transformer_lm",
+        "transformer_lm": lm | {"positional_embedding": "rope"},
+        "codebooks_pattern": {"modeling": "delay", "delay": {"delays": [0, 1, 2, 3]}},
+        "fuser": {"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []},
+        "conditioners": {"description": {"model": "t5", "t5": {"name": "t5-base"}}},
+    }
+    torch.save({"xp.cfg": cfg, "best_state": {}}, tmp_path / "state_dict.bin")
+    assert detect_layout(tmp_path) == "audiocraft"
+    with pytest.raises(UserError, match="positional_embedding = 'rope'"):
+        MusicGen.from_pretrained(tmp_path)
+    cfg["transformer_lm"] = lm
+    cfg["fuser"]["sum"] = ["description"]
+    torch.save({"xp.cfg": cfg, "best_state": {}}, tmp_path / "state_dict.bin")
+    with pytest.raises(UserError, match="fuser.sum"):
+        MusicGen.from_pretrained(tmp_path)
+    cfg["fuser"]["sum"] = []
+    torch.save({"xp.cfg": cfg, "best_state": {}}, tmp_path / "state_dict.bin")
+    with pytest.raises(UserError, match="do not fit its config"):  # no tensors at all
+        MusicGen.from_pretrained(tmp_path)
