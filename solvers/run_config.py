@@ -4,7 +4,9 @@ without the training machine's paths.
 
 The config is ``cfg.solver`` resolved, except values that refer to ``paths.*`` (weights, runs,
 data folders): those stay ``${paths.NAME}`` references, which resolve on the machine that loads
-the checkpoint (Hydra in ``evaluate.py``, :func:`musicgen.paths.resolve_references` elsewhere).
+the checkpoint (Hydra in ``evaluate.py``, :func:`musicgen.paths.resolve_references` elsewhere);
+and ``${dataset.name}`` (a solver's ``dataset_name``), which names the dataset being evaluated,
+not the one trained on.
 Any other existing path inside one of those folders (in the config or the solver's saved
 hyperparameters) is stored the same way.
 """
@@ -21,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from musicgen.checkpoint_io import SOLVER_KEY
 
 PATH_REFERENCE = "${paths."
+DATASET_NAME = "${dataset.name}"  # kept as typed: evaluate.py's dataset= fills it
 
 
 def portable_solver_config(cfg: DictConfig) -> dict[str, Any]:
@@ -36,7 +39,7 @@ def _keep_path_references(raw: Any, resolved: Any) -> Any:
         return {k: _keep_path_references(raw.get(k), v) for k, v in resolved.items()}
     if isinstance(raw, list) and isinstance(resolved, list) and len(raw) == len(resolved):
         return [_keep_path_references(r, v) for r, v in zip(raw, resolved, strict=True)]
-    if isinstance(raw, str) and PATH_REFERENCE in raw:
+    if isinstance(raw, str) and (PATH_REFERENCE in raw or raw == DATASET_NAME):
         return raw
     return resolved
 

@@ -261,3 +261,21 @@ def test_htdemucs_trains_with_the_demucs_recipe_and_is_scored() -> None:
     assert losses[-1] < losses[0], losses
     record = solver.eval().track_record("k", stems[0].sum(0), stems[0])
     assert len(record["sdr"]) == 4 and np.isfinite(record["usdr"]).all()
+
+
+def test_evaluation_names_the_evaluated_dataset_not_the_training_one(tmp_path: Path) -> None:
+    """The checkpoint keeps ``dataset_name`` as ``${dataset.name}``: evaluating a synth-trained
+    model with dataset=musdb gives a MUSDB table (the published numbers beside ours)."""
+    from solvers.restore import restore_solver_config
+    from solvers.run_config import portable_solver_config
+    from solvers.runtime import register_resolvers
+
+    register_resolvers()
+    trained = compose_train("experiment=separation_tiny")
+    stored = portable_solver_config(trained)
+    assert stored["module"]["dataset_name"] == "${dataset.name}"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["solver=separation", "checkpoint=x", "dataset=musdb"])
+    restore_solver_config(cfg, {SOLVER_KEY: stored}, tmp_path / "x", [])
+    assert cfg.solver.module.dataset_name == "musdb"
+    assert cfg.solver.module.separator.channels[0] == 8  # the trained model's config
