@@ -60,7 +60,8 @@ def reader_index(rank: int, world_size: int) -> tuple[int, int]:
 
 def own_shards(shards: list[str], rank: int, world_size: int) -> list[str]:
     """This reader's shards: the rank's ``shards[rank::world_size]``, split over its loader
-    workers by webdataset's ``split_by_worker``."""
+    workers by webdataset's ``split_by_worker`` (which takes the worker from PyTorch, or from
+    ``$WORKER``/``$NUM_WORKERS`` when both are set)."""
     # our rank split: wds.split_by_node takes the rank from $RANK or torch.distributed, while the
     # streams get the trainer's rank explicitly (ranks are also simulated in one process in tests)
     return list(wds.split_by_worker(shards[rank::world_size]))
