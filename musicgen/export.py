@@ -1,13 +1,17 @@
 """Export a trained MusicGen to the transformers layout, loadable by
-``MusicgenForConditionalGeneration.from_pretrained(OUTDIR)``.
+``MusicgenForConditionalGeneration.from_pretrained(OUTDIR)``, or to AudioCraft's release layout
+(``state_dict.bin`` + ``compression_state_dict.bin``, loadable by AudioCraft's
+``loaders.load_lm_model`` / ``load_compression_model``; the T5 is written beside them).
 
-    python -m musicgen.export CKPT OUTDIR --format transformers
+    python -m musicgen.export CKPT OUTDIR --format transformers|audiocraft
 
 ``CKPT`` is a ``train.py`` checkpoint of ``solver=musicgen`` (EMA weights when it has them).
 transformers' text-only MusicGen reads the text through cross-attention with the padding masked:
 models trained with ``lm.cross_attention=true`` (pre-norm, no biases) export exactly, text
 encoder, projection, decoder and codec; prefix-conditioned and melody models have no
 transformers counterpart that reads their conditions as they were trained, and are refused.
+AudioCraft needs a T5 text encoder (``text.name`` t5-small/base/large...) and attends every text
+position (padding included) where ours masks the padding: equal for one caption at a time.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from typing import Any
 import torch
 
 from musicgen.compression import CompressionModel
-from musicgen.compression.released import StereoCodec, our_codec_key
+from musicgen.compression.released import CODEC_FILE, StereoCodec, our_codec_key
 from musicgen.errors import UserError
+from musicgen.lm.audiocraft import CONDITIONERS, LM_FILE, T5_DIMS
 from musicgen.musicgen_model import MusicGen
 
 DECODER = "decoder.model.decoder."
+FORMATS = ("transformers", "audiocraft")
 
 
 def _check_exportable(model: MusicGen) -> None:
@@ -162,15 +168,156 @@ def _decoder_state(model: MusicGen) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in state.items()}
 
 
+def _audiocraft_lm_state(model: MusicGen) -> dict[str, torch.Tensor]:
+    cfg, lm = model.lm.config, model.lm.state_dict()
+    state = {f"emb.{k}.weight": lm["emb"][k] for k in range(cfg.n_q)}
+    for k, head in enumerate(lm["heads.weight"].chunk(cfg.n_q)):
+        state[f"linears.{k}.weight"] = head
+    for key, tensor in lm.items():
+        if key.startswith("layers."):
+            name = key.replace("in_proj.weight", "in_proj_weight")
+            state["transformer." + name] = tensor
+        elif key.startswith("out_norm."):
+            state[key] = tensor
+    proj = model.conditions.text.proj.state_dict()
+    state |= {f"{CONDITIONERS}description.output_proj.{k}": v for k, v in proj.items()}
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def to_audiocraft(model: MusicGen) -> tuple[dict, dict]:
+    """``(LM package, codec package)`` as AudioCraft's ``export_lm`` / ``export_encodec`` write
+    them: the training config AudioCraft rebuilds the models from, and their weights."""
+    _check_exportable(model)
+    text, cfg = model.conditions.text, model.lm.config
+    if text.name not in T5_DIMS or text.encoder_dim != T5_DIMS[text.name]:
+        raise UserError(
+            f"AudioCraft's text conditioner is a T5 it loads by name ({list(T5_DIMS)}); this "
+            f"model's text encoder is {text.name!r}: train with text.name=t5-base"
+        )
+    stereo = isinstance(model.codec, StereoCodec)
+    mono = model.codec.mono if stereo else model.codec
+    seconds = model.segment_seconds or 30.0
+    lm_cfg = {
+        "device": "cpu",
+        "dtype": "float32",
+        "sample_rate": mono.sample_rate,
+        "lm_model": "transformer_lm",
+        "dataset": {"segment_duration": seconds},
+        "transformer_lm": {
+            "dim": cfg.dim,
+            "num_heads": cfg.num_heads,
+            "num_layers": cfg.num_layers,
+            "hidden_scale": cfg.ffn_dim / cfg.dim,
+            "n_q": cfg.n_q,
+            "card": cfg.card,
+            "dropout": cfg.dropout,
+            "activation": "gelu",
+            "norm_first": True,
+            "bias_ff": False,
+            "bias_attn": False,
+            "bias_proj": False,
+            "causal": True,
+            "custom": False,
+            "memory_efficient": False,
+            "positional_embedding": "sin",
+            "max_period": cfg.max_period,
+            "norm": "layer_norm",
+            "layer_scale": None,
+            "weight_init": None,
+        },
+        "codebooks_pattern": {
+            "modeling": "delay",
+            "delay": {"delays": model.lm.pattern.delays, "flatten_first": 0, "empty_initial": 0},
+        },
+        "attribute_dropout": {},
+        "classifier_free_guidance": {"training_dropout": 0.3, "inference_coef": 3.0},
+        "fuser": {
+            "cross_attention_pos_emb": False,
+            "cross_attention_pos_emb_scale": 1,
+            "sum": [],
+            "prepend": [],
+            "cross": ["description"],
+            "input_interpolate": [],
+        },
+        "conditioners": {
+            "description": {"model": "t5", "t5": {"name": text.name, "finetune": False}}
+        },
+        "interleave_stereo_codebooks": {"use": stereo, "per_timestep": False},
+    }
+    c = mono.config
+    codec_cfg = {
+        "device": "cpu",
+        "sample_rate": c.sample_rate,
+        "channels": c.channels,
+        "compression_model": "encodec",
+        "encodec": {
+            "autoencoder": "seanet",
+            "quantizer": "rvq",
+            "sample_rate": c.sample_rate,
+            "channels": c.channels,
+            "causal": c.causal,
+            "renormalize": False,
+        },
+        "seanet": {
+            "dimension": c.dimension,
+            "channels": c.channels,
+            "causal": c.causal,
+            "n_filters": c.n_filters,
+            "n_residual_layers": c.n_residual_layers,
+            "ratios": list(c.ratios),
+            "activation": "ELU",
+            "activation_params": {"alpha": 1.0},
+            "norm": c.norm,
+            "norm_params": {},
+            "kernel_size": 7,
+            "residual_kernel_size": 3,
+            "last_kernel_size": 7,
+            "dilation_base": 2,
+            "pad_mode": c.pad_mode,
+            "true_skip": c.true_skip,
+            "compress": c.compress,
+            "lstm": c.lstm,
+            "disable_norm_outer_blocks": 0,
+            "encoder": {},
+            "decoder": {},
+        },
+        "rvq": {"n_q": c.n_q, "bins": c.bins, "decay": c.decay, "q_dropout": False},
+    }
+    meta = {"version": "1.3.0", "exported": True}
+    lm_package = {"best_state": _audiocraft_lm_state(model), "xp.cfg": _yaml(lm_cfg), **meta}
+    codec_state = {k: v.contiguous() for k, v in mono.state_dict().items()}
+    return lm_package, {"best_state": codec_state, "xp.cfg": _yaml(codec_cfg), **meta}
+
+
+def _yaml(config: dict) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(config))
+
+
 def export(checkpoint: str | Path, out: str | Path, fmt: str = "transformers") -> Path:
-    """Write ``out`` (a ``save_pretrained`` folder with the text tokenizer) from ``checkpoint``."""
-    if fmt != "transformers":
-        raise UserError(f"unknown export format {fmt!r}: only transformers is supported")
+    """Write ``out`` from ``checkpoint``: a ``save_pretrained`` folder with the text tokenizer
+    (transformers), or AudioCraft's two ``.bin`` files with the T5 folder beside them."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}: choose one of {list(FORMATS)}")
     model = MusicGen.from_checkpoint(checkpoint)
-    hf = to_transformers(model)
+    return write(model, out, fmt)
+
+
+def write(model: MusicGen, out: str | Path, fmt: str) -> Path:
+    """Export ``model`` into the folder ``out`` in the layout ``fmt`` (see :func:`export`)."""
     out = Path(out)
-    hf.save_pretrained(out)
-    model.conditions.text.tokenizer.save_pretrained(out)
+    text = model.conditions.text
+    if fmt == "transformers":
+        to_transformers(model).save_pretrained(out)
+        text.tokenizer.save_pretrained(out)
+        return out
+    lm_package, codec_package = to_audiocraft(model)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(lm_package, out / LM_FILE)
+    torch.save(codec_package, out / CODEC_FILE)
+    text.encoder.save_pretrained(out / text.name)
+    text.tokenizer.save_pretrained(out / text.name)
     return out
 
 
@@ -180,14 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("checkpoint", help="train.py .ckpt of solver=musicgen")
     parser.add_argument("out", help="folder to write")
-    parser.add_argument("--format", default="transformers", choices=["transformers"])
+    parser.add_argument("--format", default="transformers", choices=FORMATS)
     args = parser.parse_args(argv)
     try:
         out = export(args.checkpoint, args.out, args.format)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{out}: MusicgenForConditionalGeneration.from_pretrained({str(out)!r})")
+    print(f"{out}: {args.format} layout")
     return 0
 
 

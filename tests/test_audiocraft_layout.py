@@ -369,3 +369,57 @@ def test_mismatched_release_files_are_named(text_release, tmp_path, t5_folder):
     Path(broken / "state_dict.bin").write_text("not a package")
     with pytest.raises(UserError, match="cannot read"):
         MusicGen.from_pretrained(broken, text_dir=t5_folder)
+
+
+@torch.no_grad()
+def test_export_loads_in_audiocraft(audiocraft, t5_folder, tmp_path):
+    """Our random cross-attention model -> ``musicgen.export`` AudioCraft layout -> AudioCraft's
+    ``loaders.load_lm_model`` / ``load_compression_model``: same logits (conditional and null),
+    greedy CFG tokens and decoded audio for a caption; our loader reads the folder back."""
+    from musicgen.compression import CodecConfig, CompressionModel
+    from musicgen.export import write
+
+    codec = CompressionModel(
+        CodecConfig(ratios=(8, 5, 4, 4), n_filters=4, dimension=8, n_q=4, bins=CARD, lstm=1)
+    )
+    randomise(codec, seed=7)
+    lm_settings = {"n_q": 4, "dim": DIM, "num_heads": 2, "num_layers": 2, "ffn_dim": 4 * DIM}
+    text = {"name": T5_NAME, "local_dir": str(t5_folder), "max_length": 512}
+    model = MusicGen.build(codec, lm_settings | {"cross_attention": True}, text, None, 2.0)
+    randomise(model.lm, seed=8)
+    randomise(model.conditions.text.proj, seed=9)
+    model.eval()
+    write(model, tmp_path / "out", "audiocraft")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(t5_folder)
+    t5 = transformers.T5EncoderModel.from_pretrained(t5_folder)
+    from audiocraft.models import loaders
+
+    conditioners = audiocraft.conditioners
+    with pytest.MonkeyPatch.context() as patch:
+        namespace = types.SimpleNamespace
+        patch.setattr(conditioners, "T5Tokenizer", namespace(from_pretrained=lambda n: tokenizer))
+        patch.setattr(conditioners, "T5EncoderModel", namespace(from_pretrained=lambda n: t5))
+        lm = loaders.load_lm_model(tmp_path / "out")
+    reference_codec = loaders.load_compression_model(tmp_path / "out")
+    attrs = attributes(audiocraft, None)[:1]
+    null_attrs = audiocraft.conditioners.ClassifierFreeGuidanceDropout(p=1.0)(attrs)
+    both = lm.condition_provider(lm.condition_provider.tokenize(attrs + null_attrs))
+    length = 50 * 640
+    ours = model.condition(CAPTIONS[:1], length)
+    ours_null = model.condition(CAPTIONS[:1], length, drop=True)
+    codes = torch.randint(0, CARD, (1, 4, 12), generator=torch.Generator().manual_seed(10))
+    seq = model.lm.pattern.build(codes, model.lm.special)[0]
+    for rows, (prefix, mask) in ((slice(0, 1), ours), (slice(1, 2), ours_null)):
+        theirs = {name: tuple(x[rows] for x in value) for name, value in both.items()}
+        diff = (model.lm(seq, prefix, mask) - lm(seq, [], condition_tensors=theirs)).abs().max()
+        assert diff < 1e-5, diff
+    expected = lm.generate(conditions=attrs, max_gen_len=50, use_sampling=False, cfg_coef=3.0)
+    codes = model.lm.generate(*ours, *ours_null, num_frames=50, cfg_coef=3.0, temperature=0.0)
+    assert torch.equal(codes, expected)
+    diff = (model.decode(codes, length) - reference_codec.decode(expected)).abs().max()
+    assert diff < 1e-5, diff
+    again = MusicGen.from_pretrained(tmp_path / "out")  # the T5 folder written beside the files
+    diff = (
+        (again.lm(seq, *again.condition(CAPTIONS[:1], length)) - model.lm(seq, *ours)).abs().max()
+    )
+    assert diff < 1e-5, diff

@@ -8,7 +8,7 @@ import torch
 
 from musicgen.compression import CodecConfig, CompressionModel
 from musicgen.errors import UserError
-from musicgen.export import export, main, to_transformers
+from musicgen.export import export, main, to_audiocraft, to_transformers
 from musicgen.musicgen_model import MusicGen
 
 transformers = pytest.importorskip("transformers")
@@ -63,8 +63,10 @@ def test_exported_model_runs_in_transformers(tmp_path):
 def test_prefix_models_are_refused(tmp_path):
     with pytest.raises(UserError, match="cross_attention=true"):
         to_transformers(our_model(cross_attention=False))
-    with pytest.raises(UserError, match="only transformers"):
-        export(tmp_path / "x.ckpt", tmp_path, "audiocraft")
+    with pytest.raises(UserError, match="unknown export format"):
+        export(tmp_path / "x.ckpt", tmp_path, "onnx")
+    with pytest.raises(UserError, match="T5"):  # AudioCraft loads its text encoder by T5 name
+        to_audiocraft(our_model())
     assert main([str(tmp_path / "missing.ckpt"), str(tmp_path / "out")]) == 2
 
 
