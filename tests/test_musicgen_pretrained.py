@@ -239,3 +239,21 @@ def test_audiocraft_settings_we_cannot_rebuild_are_named(tmp_path):
     torch.save({"xp.cfg": cfg, "best_state": {}}, tmp_path / "state_dict.bin")
     with pytest.raises(UserError, match="do not fit its config"):  # no tensors at all
         MusicGen.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("seconds", [0.3, 3.0], ids=["shorter-than-window", "3s"])
+def test_chroma_equals_transformers_feature_extractor(seconds):
+    """The melody chroma from audio equals transformers' ``MusicgenMelodyFeatureExtractor``
+    (what its released melody model reads), frame for frame."""
+    from musicgen.conditioners.chroma import ChromaExtractor
+
+    extractor = transformers.MusicgenMelodyFeatureExtractor(sampling_rate=32000)
+    generator = torch.Generator().manual_seed(int(seconds * 10))
+    t = torch.arange(int(32000 * seconds)) / 32000
+    pitches = 220.0 * 2 ** (torch.randint(0, 24, (3,), generator=generator) / 12)
+    wav = sum(torch.sin(2 * torch.pi * f * t) for f in pitches)
+    wav = wav + 0.3 * torch.randn(wav.shape, generator=generator)
+    expected = extractor(wav.numpy(), sampling_rate=32000, return_tensors="pt").input_features
+    ours = ChromaExtractor(32000)(wav[None, None])
+    assert ours.shape == expected.shape
+    assert torch.equal(ours, expected)
