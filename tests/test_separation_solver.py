@@ -279,3 +279,33 @@ def test_evaluation_names_the_evaluated_dataset_not_the_training_one(tmp_path: P
     restore_solver_config(cfg, {SOLVER_KEY: stored}, tmp_path / "x", [])
     assert cfg.solver.module.dataset_name == "musdb"
     assert cfg.solver.module.separator.channels[0] == 8  # the trained model's config
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_validation_logs_the_mix_and_separated_stems(tmp_path: Path) -> None:
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader
+
+    from tests.test_media_logging import tensorboard_media
+
+    stems = tone_stems(1.0)
+    batch = {"audio": stems.sum(1), "stems": stems, "key": ["a", "b"]}
+    solver = make_solver()
+    logger = TensorBoardLogger(save_dir=tmp_path, name="logs", default_hp_metric=False)
+    trainer = L.Trainer(
+        logger=logger,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.validate(solver, DataLoader([batch], batch_size=None), verbose=False)
+    media = tensorboard_media(tmp_path)
+    names = ["mix", "drums", "bass", "other", "vocals"]
+    assert sorted(media["audio"]) == sorted(f"valid/separation/a_{n}" for n in names)
+    for (samples, rate), *_ in media["audio"].values():
+        assert rate == RATE and samples.shape == (stems.shape[-1],)
+    assert len(media["images"]) == 5
