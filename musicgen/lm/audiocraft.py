@@ -4,10 +4,10 @@ AudioCraft's release folders (``facebook/musicgen-small`` ... as AudioCraft down
 ``state_dict.bin``: ``{"xp.cfg": <the training config, YAML>, "best_state": <LMModel state
 dict>, ...}``. AudioCraft rebuilds the model from that config (``builders.get_lm_model``); we
 read the same fields: ``transformer_lm`` (sizes, biases, norm placement), ``codebooks_pattern``
-(the delays), ``fuser`` (text through cross-attention, or melody and text prepended),
-``conditioners`` (the T5 name, the chroma settings) and ``classifier_free_guidance``. Settings
-our LM does not implement (another positional embedding, layer scale, QK norms, grouped keys and
-values, other fusers) are refused by name rather than converted wrongly.
+(the delays), ``fuser`` (text through cross-attention, or melody and text prepended) and
+``conditioners`` (the T5 name, the chroma settings). Settings our LM does not implement (another
+positional embedding, layer scale, QK norms, grouped keys and values, other fusers) are refused
+by name rather than converted wrongly.
 
 Parameter names: ``emb.k`` stack into our ``emb``, ``linears.k`` into ``heads``,
 ``transformer.layers.i.*`` are our ``layers.i.*`` with the packed ``in_proj_weight`` (``.mha.``
@@ -39,14 +39,13 @@ class AudioCraftLM:
     """What :func:`load_audiocraft_lm` reads: the converted ``lm``; ``text`` (``name`` of the T5
     model) and ``melody`` (:class:`~musicgen.conditioners.MelodyConditioner` arguments) settings,
     None when the model has no such condition; the conditioners' ``projections``
-    (``nn.Linear`` state dicts by ``text``/``melody``); the released CFG coefficient, the
-    training segment and the full resolved config ``cfg``."""
+    (``nn.Linear`` state dicts by ``text``/``melody``); the training segment and the full
+    resolved config ``cfg``."""
 
     lm: MusicLM
     text: dict | None
     melody: dict | None
     projections: dict[str, dict[str, torch.Tensor]]
-    cfg_coef: float
     segment_seconds: float
     cfg: dict
 
@@ -260,13 +259,11 @@ def load_audiocraft_lm(folder: str | Path, device: str = "cpu") -> AudioCraftLM:
     except (ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0]
         raise UserError(f"the weights in {path} do not fit its config ({first[:200]})") from None
-    guidance = cfg.get("classifier_free_guidance") or {}
     return AudioCraftLM(
         lm.to(device).eval(),
         text,
         melody,
         projections,
-        float(guidance.get("inference_coef", 3.0)),
         float(cfg.get("dataset", {}).get("segment_duration", 30.0)),
         cfg,
     )
