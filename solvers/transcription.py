@@ -13,6 +13,7 @@ over the tracks of all ranks, gathered at the epoch end; the test tables list ev
 
 from __future__ import annotations
 
+import math
 from itertools import chain
 from pathlib import Path
 
@@ -90,6 +91,27 @@ def init_shifts_from_positions(model: MT3Model) -> None:
     model.decoder.logits_dense.weight[rows] = positions
 
 
+def shift_smoothed_nll(logits: torch.Tensor, targets: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Per-token cross-entropy ``(B, L)`` where a ``shift`` target is a Gaussian (``sigma``
+    steps of 10 ms, cut at 3 sigma, renormalised within the shift range) over the shift tokens
+    around it instead of one-hot: an early or late shift costs less the closer it is.
+    Other targets keep the one-hot cross-entropy."""
+    log_probs = logits.log_softmax(-1)
+    nll = -log_probs.gather(-1, targets[..., None])[..., 0]
+    first, last = token("shift", 0), token("shift", MAX_SHIFT_STEPS)
+    is_shift = (targets >= first) & (targets <= last)
+    if not bool(is_shift.any()):
+        return nll
+    width = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-width, width + 1, device=targets.device)
+    shifted = targets[is_shift][:, None] + offsets
+    inside_range = (shifted >= first) & (shifted <= last)
+    weights = torch.exp(-0.5 * (offsets / sigma) ** 2) * inside_range
+    weights = weights / weights.sum(-1, keepdim=True)
+    picked = log_probs[is_shift].gather(-1, shifted.clamp(first, last))
+    return nll.masked_scatter(is_shift, -(weights * picked).sum(-1))
+
+
 def _piano_roll_figure(ref: np.ndarray, est: np.ndarray, title: str) -> Figure:
     """Reference above, estimate below; one colour per program, drum hits as dots."""
     fig = Figure(figsize=(12, 6))
@@ -112,6 +134,8 @@ class MT3Solver(L.LightningModule):
     ``warmup_steps``, an optional cosine decay to 0 at ``cosine_steps``, and a section per
     optimiser name with its other keyword arguments.
     ``shift_position_init`` starts training from :func:`init_shifts_from_positions`;
+    ``shift_smoothing`` (steps; 0 is MT3's one-hot loss) trains shift targets against
+    :func:`shift_smoothed_nll`;
     ``constrained_decoding`` decodes validation and test pieces with MT3's token grammar
     (:mod:`musicgen.transcription.grammar`) instead of plain greedy."""
 
@@ -125,6 +149,7 @@ class MT3Solver(L.LightningModule):
         max_decode_length: int = 1024,
         decode_batch_size: int = 32,
         shift_position_init: bool = False,
+        shift_smoothing: float = 0.0,
         constrained_decoding: bool = False,
         dataset_name: str = "",
     ) -> None:
@@ -168,11 +193,15 @@ class MT3Solver(L.LightningModule):
     def _loss(
         self, frames: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean token cross-entropy plus z-loss over non-PAD targets, and token accuracy."""
+        """Mean token cross-entropy (shift targets smoothed with ``shift_smoothing``) plus
+        z-loss over non-PAD targets, and token accuracy."""
         inputs = F.pad(targets[:, :-1], (1, 0), value=PAD_ID)
         logits = self.model(frames, inputs)
         mask = targets != PAD_ID
-        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        if self.hparams.shift_smoothing > 0:
+            nll = shift_smoothed_nll(logits, targets, self.hparams.shift_smoothing)
+        else:
+            nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
         per_token = nll + self.hparams.z_loss * logits.logsumexp(-1).square()
         count = mask.sum().clamp(min=1)
         accuracy = ((logits.argmax(-1) == targets) & mask).sum() / count

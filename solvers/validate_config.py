@@ -242,6 +242,12 @@ RULES: tuple[Rule, ...] = (
     Rule("solver.module.decode_batch_size", POSITIVE_INT, integer(1)),
     Rule("solver.module.shift_position_init", "true or false", is_bool),
     Rule("solver.module.constrained_decoding", "true or false", is_bool),
+    Rule("solver.module.shift_smoothing", "a number of 10 ms steps >= 0", number(0)),
+    Rule(
+        "solver.module.model.input_conv_kernel",
+        "0 or an odd integer",
+        lambda v: integer(0)(v) and (v == 0 or v % 2 == 1),
+    ),
     *(
         Rule(f"solver.module.{key}", POSITIVE_INT, integer(1))
         for key in (

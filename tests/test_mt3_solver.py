@@ -14,7 +14,7 @@ import torch
 
 from musicgen.notes import window_notes
 from musicgen.transcription import EOS_ID, PAD_ID, segment_tokens, token
-from solvers.transcription import MT3Solver, init_shifts_from_positions
+from solvers.transcription import MT3Solver, init_shifts_from_positions, shift_smoothed_nll
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
@@ -122,6 +122,26 @@ def test_shift_tokens_can_start_at_the_positions_they_name() -> None:
     assert torch.equal(
         model.decoder.token_embedder.weight[token("shift", 4)], model.decoder.positions[5]
     )
+
+
+def test_shift_smoothing_spreads_only_shift_targets() -> None:
+    logits = torch.randn(2, 4, 1536, generator=torch.Generator().manual_seed(0))
+    shift = token("shift", 50)
+    targets = torch.tensor([[shift, token("pitch", 60), token("shift", 0), EOS_ID], [EOS_ID] * 4])
+    one_hot = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    smooth = shift_smoothed_nll(logits, targets, 2.0)
+    not_shift = targets < token("shift", 0)
+    assert torch.allclose(smooth[not_shift], one_hot[not_shift])
+    assert torch.allclose(shift_smoothed_nll(logits, targets, 1e-3), one_hot, atol=1e-5)
+    # shift 0: the Gaussian is cut at the range start and renormalised over shifts 0..6
+    weights = torch.exp(-0.5 * (torch.arange(7) / 2.0) ** 2)
+    log_probs = logits[0, 2].log_softmax(-1)[token("shift", 0) : token("shift", 7)]
+    assert torch.allclose(smooth[0, 2], -(weights / weights.sum() * log_probs).sum())
+    # a prediction one step late costs less than one five steps late
+    near, far = torch.zeros(1, 1, 1536), torch.zeros(1, 1, 1536)
+    near[0, 0, shift + 1] = far[0, 0, shift + 5] = 10.0
+    at = torch.tensor([[shift]])
+    assert shift_smoothed_nll(near, at, 2.0) < shift_smoothed_nll(far, at, 2.0)
 
 
 def test_optimisers_and_bad_names() -> None:

@@ -100,6 +100,20 @@ def test_forward_shapes_and_mt3_small_size() -> None:
     assert (small.num_encoder_layers, small.num_decoder_layers, small.vocab_size) == (8, 8, 1536)
 
 
+def test_input_conv_sees_only_neighbouring_frames() -> None:
+    cfg = MT3Config(**{**TINY.to_dict(), "num_encoder_layers": 0, "input_conv_kernel": 3})
+    torch.manual_seed(0)
+    encoder = MT3Model(cfg).encoder.eval()
+    frames = torch.randn(1, 20, 512)
+    moved = frames.clone()
+    moved[0, 10] += 1.0
+    changed = (encoder(moved) - encoder(frames)).abs().amax(-1)[0] > 0
+    assert changed.nonzero().flatten().tolist() == [9, 10, 11]
+    assert MT3Model(TINY).encoder.input_conv is None  # MT3 (and t5x checkpoints): no conv
+    with pytest.raises(ValueError, match="odd"):
+        MT3Config.from_dict({"input_conv_kernel": 4})
+
+
 def test_kv_cached_decoding_equals_uncached() -> None:
     torch.manual_seed(0)
     model = MT3Model(TINY).eval()

@@ -69,6 +69,9 @@ class MT3Config:
     num_decoder_layers: int = 8
     dropout: float = 0.1
     max_positions: int = 2048  # rows of the fixed position table (MT3's FixedEmbed)
+    # Not MT3: > 0 adds a residual convolution over time of this (odd) kernel after the input
+    # projection (:class:`Encoder`), for small models; 0 (MT3) leaves the t5x layout unchanged.
+    input_conv_kernel: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +82,9 @@ class MT3Config:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown MT3Config fields {sorted(unknown)}; valid: {sorted(known)}")
+        kernel = values.get("input_conv_kernel", 0)
+        if kernel < 0 or (kernel and kernel % 2 == 0):
+            raise ValueError(f"input_conv_kernel must be 0 or odd, got {kernel}")
         return cls(**values)
 
 
@@ -210,6 +216,12 @@ class Encoder(nn.Module):
     def __init__(self, cfg: MT3Config) -> None:
         super().__init__()
         self.continuous_inputs_projection = nn.Linear(cfg.input_depth, cfg.d_model, bias=False)
+        kernel = cfg.input_conv_kernel
+        self.input_conv = (
+            nn.Conv1d(cfg.d_model, cfg.d_model, kernel, padding=kernel // 2, bias=False)
+            if kernel
+            else None
+        )
         self.register_buffer(
             "positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
         )
@@ -218,8 +230,13 @@ class Encoder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(B, T, input_depth)`` -> ``(B, T, d_model)``."""
-        x = self.continuous_inputs_projection(frames) + self.positions[: frames.shape[1]]
+        """``(B, T, input_depth)`` -> ``(B, T, d_model)``. With ``input_conv``, the projected
+        frames gain ``gelu(conv(x))``: each frame sees its neighbours (onsets are changes
+        over time) before the position embeddings are added."""
+        x = self.continuous_inputs_projection(frames)
+        if self.input_conv is not None:
+            x = x + F.gelu(self.input_conv(x.transpose(1, 2)).transpose(1, 2), approximate="tanh")
+        x = x + self.positions[: frames.shape[1]]
         x = self.dropout(x)
         for layer in self.layers:
             x = layer(x)
@@ -305,6 +322,9 @@ class MT3Model(nn.Module):
                     nn.init.normal_(module.weight, std=std)
                 else:
                     _truncated_normal_(module.weight, std)
+            elif isinstance(module, nn.Conv1d):
+                fan_in = module.in_channels * module.kernel_size[0]
+                _truncated_normal_(module.weight, fan_in**-0.5)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=1.0)
             elif isinstance(module, RMSNorm):
