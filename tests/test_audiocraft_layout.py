@@ -212,9 +212,9 @@ def randomise(module: torch.nn.Module, seed: int) -> None:
                 base + 0.3 * noise if "norm" in name or "emb" in name else tensor + 0.1 * noise
             )
         for name, buffer in module.named_buffers():
-            if name.endswith("_codebook.embed"):
+            if name.endswith("codebook.embed"):
                 buffer.copy_(torch.randn(buffer.shape, generator=generator))
-            if name.endswith("_codebook.inited"):
+            if name.endswith("codebook.inited"):
                 buffer.fill_(1.0)
 
 
@@ -369,6 +369,41 @@ def test_mismatched_release_files_are_named(text_release, tmp_path, t5_folder):
     Path(broken / "state_dict.bin").write_text("not a package")
     with pytest.raises(UserError, match="cannot read"):
         MusicGen.from_pretrained(broken, text_dir=t5_folder)
+
+
+@torch.no_grad()
+def test_codec_named_by_reference_loads_from_codec_dir(text_release, tmp_path, t5_folder):
+    """A ``compression_state_dict.bin`` that only names its codec (``export_pretrained_compression_model``
+    of ``facebook/encodec_32khz``) is an error naming it, and loads from a transformers EnCodec
+    folder given as ``codec_dir``."""
+    folder, _, _, _ = text_release
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "state_dict.bin").write_bytes((folder / "state_dict.bin").read_bytes())
+    reference = {"pretrained": "facebook/encodec_32khz", "exported": True, "version": "1.3.0"}
+    torch.save(reference, release / "compression_state_dict.bin")
+    with pytest.raises(UserError, match="facebook/encodec_32khz"):
+        MusicGen.from_pretrained(release, text_dir=t5_folder)
+    config = transformers.EncodecConfig(
+        num_filters=4,
+        hidden_size=8,
+        upsampling_ratios=[8, 5, 4, 4],
+        codebook_size=CARD,
+        num_lstm_layers=1,
+        target_bandwidths=[0.8],  # 4 codebooks of 16 at 50 Hz
+        use_conv_shortcut=False,
+        use_causal_conv=False,
+        sampling_rate=32000,
+        pad_mode="constant",
+    )
+    hf = transformers.EncodecModel(config).eval()
+    randomise(hf, seed=11)
+    hf.save_pretrained(tmp_path / "encodec")
+    model = MusicGen.from_pretrained(release, text_dir=t5_folder, codec_dir=tmp_path / "encodec")
+    codes = torch.randint(0, CARD, (1, 4, 20), generator=torch.Generator().manual_seed(12))
+    expected = hf.decode(codes[None], [None]).audio_values
+    diff = (model.decode(codes, expected.shape[-1]) - expected).abs().max()
+    assert diff < 1e-5, diff
 
 
 @torch.no_grad()
