@@ -30,9 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--shards", nargs="+", required=True, help="shard paths or glob patterns")
     parser.add_argument("--out", required=True, help="cache root (one folder per stemmer)")
-    parser.add_argument("--stemmer", default="demucs", choices=["demucs", "oracle", "none"])
+    parser.add_argument(
+        "--stemmer", default="demucs", choices=["demucs", "separation", "oracle", "none"]
+    )
     parser.add_argument("--demucs-name", default="htdemucs")
     parser.add_argument("--demucs-repo", default=None, help="local folder with the Demucs model")
+    parser.add_argument(
+        "--separator",
+        default=None,
+        help="separation stemmer: a .ckpt of solver=separation, spleeter:4stems or a Demucs name",
+    )
     parser.add_argument("--keep", nargs="+", default=["vocals", "other"], help="stems to keep")
     parser.add_argument("--sample-rate", type=int, default=32000, help="the codec's rate")
     parser.add_argument("--channels", type=int, default=1, help="the codec's channels")
@@ -50,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         options: dict = {"keep": args.keep} if args.stemmer != "none" else {}
         if args.stemmer == "demucs":
             options |= {"name": args.demucs_name, "repo": args.demucs_repo}
+        if args.stemmer == "separation":
+            options |= {"checkpoint": args.separator}
         melody = MelodyConditioner(
             1,
             args.sample_rate,

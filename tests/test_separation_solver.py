@@ -309,3 +309,23 @@ def test_validation_logs_the_mix_and_separated_stems(tmp_path: Path) -> None:
     for (samples, rate), *_ in media["audio"].values():
         assert rate == RATE and samples.shape == (stems.shape[-1],)
     assert len(media["images"]) == 5
+
+
+def test_chroma_cache_with_the_separation_stemmer(
+    trained: tuple, toy_dataset: Path, tmp_path: Path
+) -> None:
+    """``python -m data.chroma_cache --stemmer separation --separator CKPT`` caches the chroma
+    of the separator's vocals + other, in the stemmer's own folder."""
+    from data.chroma_cache import main
+    from musicgen.conditioners.chroma_cache import ChromaCache
+
+    _, path = trained
+    hop, winlen = 1024, 4096
+    args = ["--shards", str(toy_dataset / "test-*.tar"), "--out", str(tmp_path)]
+    args += ["--stemmer", "separation", "--separator", str(path), "--sample-rate", "16000"]
+    assert main([*args, "--winlen", str(winlen), "--hop", str(hop)]) == 0
+    stemmer = build_stemmer("separation", checkpoint=str(path))
+    melody = MelodyConditioner(8, 16000, stemmer, winlen=winlen, hop=hop)
+    cache = ChromaCache(tmp_path, melody)
+    assert cache.dir.name.startswith("separation-last-") and list(cache.dir.glob("*.npy"))
+    assert main(args[:6] + ["--stemmer", "separation"]) == 2  # no --separator: one error line
