@@ -187,8 +187,12 @@ class SeparationSolver(L.LightningModule):
         )
 
     def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ):
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by norm at ``optim.max_norm`` (or the trainer's ``gradient_clip_val``)."""
         max_norm = self.optim["max_norm"] or gradient_clip_val
         if max_norm:
             self.clip_gradients(
