@@ -458,3 +458,34 @@ def test_export_loads_in_audiocraft(audiocraft, t5_folder, tmp_path):
         (again.lm(seq, *again.condition(CAPTIONS[:1], length)) - model.lm(seq, *ours)).abs().max()
     )
     assert diff < 1e-5, diff
+
+
+@torch.no_grad()
+def test_step0_loss_against_audiocraft_solver_loss(audiocraft, release, t5_folder):
+    """AudioCraft's training loss (its solver's ``_compute_cross_entropy`` of
+    ``compute_predictions``) is reproduced from our logits on its positions; our own loss covers
+    every frame of every codebook (as transformers' ``labels`` do), where AudioCraft leaves out the
+    last ``delay_k`` frames of codebook ``k`` and averages per codebook, so the two differ."""
+    from audiocraft.solvers.musicgen import MusicGenSolver as AudioCraftSolver
+
+    folder, lm, _, kind = release
+    model = MusicGen.from_pretrained(folder, text_dir=t5_folder)
+    length = 20 * 640
+    melody = melody_wav()[:, :length] if kind == "melody" else None  # as long as the batch
+    wav = None if melody is None else model.prepare_melody(melody, 32000, length, len(CAPTIONS))
+    provider = lm.condition_provider
+    theirs = provider(provider.tokenize(attributes(audiocraft, melody)))
+    n_q = model.lm.config.n_q
+    codes = torch.randint(0, CARD, (2, n_q, 20), generator=torch.Generator().manual_seed(13))
+    out = lm.compute_predictions(codes, [], condition_tensors=theirs)
+    expected, _ = AudioCraftSolver._compute_cross_entropy(None, out.logits, codes, out.mask)
+    prefix, mask = model.condition(CAPTIONS, length, wav)
+    seq = model.lm.pattern.build(codes, model.lm.special)[0]
+    logits = model.lm(seq[:, :, :-1], prefix, mask)  # step s predicts sequence step s + 1
+    delays = model.lm.pattern.delays
+    per_frame = torch.stack([logits[:, k, delays[k] : delays[k] + 20] for k in range(n_q)], 1)
+    ours, _ = AudioCraftSolver._compute_cross_entropy(None, per_frame, codes, out.mask)
+    assert abs(ours.item() - expected.item()) < 1e-5, (ours.item(), expected.item())
+    assert not out.mask.all()  # AudioCraft's loss leaves frames out; ours does not
+    full = model.lm.compute_loss(codes, prefix, mask).loss
+    assert abs(full.item() - expected.item()) > 1e-4
