@@ -74,8 +74,8 @@ class DiffusionSolver(L.LightningModule):
     """Trains a :class:`~musicgen.diffusion.MultiBandDiffusion` on the latents of a frozen codec.
 
     Arguments are plain containers (saved as hyperparameters): ``diffusion`` holds the
-    ``MultiBandDiffusion`` arguments (``sample_rate``, ``latent_dim`` and ``hop_length`` default to
-    the codec's); ``codec_checkpoint`` the frozen codec (a ``solver=compression`` .ckpt, a saved
+    ``MultiBandDiffusion`` arguments (``sample_rate``, ``channels``, ``latent_dim``, ``hop_length``
+    and ``n_q`` default to the codec's and this solver's); ``codec_checkpoint`` the frozen codec (a ``solver=compression`` .ckpt, a saved
     codec folder or an official EnCodec ``.th`` in a local folder); ``codec`` its config when
     rebuilding from this solver's own checkpoint (which holds the codec's weights); ``n_q`` the
     codebooks the decoder is trained on (the bandwidth); ``eval_codebooks`` those evaluated
@@ -179,6 +179,7 @@ class DiffusionSolver(L.LightningModule):
         return wav[..., : frames * self.hop]
 
     def loss(self, model: MultiBandDiffusion, wav: torch.Tensor, generator=None) -> torch.Tensor:
+        """``model``'s noise-prediction loss on ``wav`` (B, C, T), conditioned on its tokens."""
         wav = self.frame_aligned(wav)
         _, latent = self.tokens_and_latent(wav, self.n_q)
         return model.training_loss(wav, latent, generator=generator)

@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from musicgen.diffusion import load_diffusion
@@ -21,6 +22,7 @@ from musicgen.errors import UserError
 from solvers.diffusion import PAPER_ROWS, DiffusionSolver
 from tests.fixtures.repeat import Repeat
 from tests.fixtures.toy_shards import write_toy_dataset
+from tests.test_media_logging import tensorboard_media
 from tests.test_musicgen_solver import RATE, write_tiny_codec
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -254,3 +256,25 @@ def test_two_processes_count_every_item_once(codec: Path, tmp_path: Path) -> Non
     assert two[0]["mel_distance"] == pytest.approx(one[0]["mel_distance"], rel=1e-6)
     assert two[0]["si_snr_db"] == pytest.approx(one[0]["si_snr_db"], rel=1e-6)
     assert all(v == v for v in results[2]["metrics"].values())  # no NaN
+
+
+@pytest.mark.slow  # ~8 s on 2 loaded cores, mostly TensorBoard's event reader
+def test_validation_logs_the_three_versions_of_each_clip(codec: Path, tmp_path: Path) -> None:
+    """Original, codec-decoded and diffusion-decoded audio with spectrograms reach TensorBoard."""
+    logger = TensorBoardLogger(save_dir=tmp_path, name="logs", default_hp_metric=False)
+    run_trainer = L.Trainer(
+        logger=logger,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    batch = fixed_batch()
+    run_trainer.validate(solver(codec), DataLoader([batch], batch_size=None), verbose=False)
+    media = tensorboard_media(tmp_path)
+    names = {tag.rsplit("/", 1)[1].rsplit("_", 1)[0] for tag in media["audio"]}
+    assert names == {"original", "codec", "diffusion"} and len(media["audio"]) == 6
+    for (samples, rate), *_ in media["audio"].values():
+        assert rate == RATE and samples.shape == (batch["audio"].shape[-1],)
+    assert len(media["images"]) == 6
