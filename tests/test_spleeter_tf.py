@@ -235,3 +235,30 @@ def test_converted_full_size_4stems_equals_tensorflow(tmp_path: Path) -> None:
     diff = np.abs(ours - ref_wave).max()
     print(f"\n4stems full size: max |waveform diff| {diff:.2e}")
     assert diff < 1e-3
+
+
+def test_reader_equals_tensorflow_on_many_variables_and_dtypes(tmp_path: Path) -> None:
+    """An index of several SSTable blocks (thousands of names, as a released checkpoint with
+    its optimizer slots), every numeric dtype TF writes, scalars, and strings (skipped)."""
+    rng = np.random.default_rng(0)
+    variables = {
+        f"layer_{i}/kernel/Adam_{i % 3}": rng.normal(size=(i % 5 + 1, 3)).astype(np.float32)
+        for i in range(3000)
+    }
+    for dtype in (np.float64, np.float16, np.int32, np.int64, np.int8, np.uint8, np.bool_):
+        variables[f"typed/{np.dtype(dtype).name}"] = rng.integers(0, 2, (2, 3, 4)).astype(dtype)
+    variables["scalar"] = np.float32(3.5)
+    names = sorted(variables)
+    tensors = [tf.constant(variables[n]) for n in names] + [tf.constant(b"a string")]
+    tf.raw_ops.SaveV2(
+        prefix=str(tmp_path / "model"),
+        tensor_names=[*names, "zz_string"],
+        shape_and_slices=[""] * (len(names) + 1),
+        tensors=tensors,
+    )
+    read = read_checkpoint(tmp_path / "model.index")
+    assert sorted(read) == names  # the string variable is skipped
+    for name in names:
+        expected = tf.train.load_variable(str(tmp_path / "model"), name)
+        assert read[name].dtype == expected.dtype and read[name].shape == expected.shape, name
+        np.testing.assert_array_equal(read[name], expected)
