@@ -15,6 +15,7 @@ import torch
 
 from musicgen.separate import main, separate_file
 from musicgen.separation.apply import separate
+from musicgen.separation.checkpoint import load_separator
 from tests.fixtures.separation import tiny_spleeter, write_separator_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,3 +174,5 @@ def test_spleeter_release_by_name_and_by_folder(tmp_path: Path) -> None:
     for stem in ("vocals", "accompaniment"):
         a, b = (sf.read(tmp_path / d / f"{stem}.wav", dtype="float32")[0] for d in "ab")
         assert a.shape == (22050, 2) and np.array_equal(a, b)
+    wide = load_separator("spleeter:2stems-16kHz", tmp_path / "weights")  # same weights, 1536 bins
+    assert wide.freq_bins == 1536 and wide.stems == ("vocals", "accompaniment")
