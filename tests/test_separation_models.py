@@ -166,9 +166,11 @@ def test_spleeter_names_and_missing_weights(tmp_path: Path) -> None:
 
 
 def test_spleeter_tf_fixture_converts_to_tensorflows_output() -> None:
-    """A checkpoint written by TensorFlow 2.21 (tests/test_spleeter_tf.py's builder: 2 stems,
-    random weights under Spleeter's names) and TensorFlow's separation of a fixed input, read
-    and converted without TensorFlow."""
+    """A checkpoint written by TensorFlow 2.21 and TensorFlow's separation of a fixed input,
+    read and converted without TensorFlow. Made with tests/test_spleeter_tf.py's helpers
+    (``tf`` set to the module): ``random_variables(2, [4, 4, 4, 4, 8, 8], seed=11)``,
+    ``save_tf_checkpoint``, and ``tf_separate`` of ``normal(0, 0.3)`` noise (1500 x 2, numpy
+    seed 12) with config.json (2stems, the TINY sizes)."""
     expected = np.load(SPLEETER_TF / "expected.npz")
     config = json.loads((SPLEETER_TF / "config.json").read_text())
     assert load_spleeter(SPLEETER_TF).stems == ("vocals", "accompaniment")  # 2 U-Nets found

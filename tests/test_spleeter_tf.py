@@ -19,9 +19,16 @@ from musicgen.separation.spleeter_tf import convert, load_spleeter, preset_confi
 from musicgen.separation.tf_checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow  # TensorFlow's import alone takes seconds: make test-all
-tf = pytest.importorskip(
-    "tensorflow", reason="tensorflow is not installed (pip install -e .[parity])"
-)
+tf = None  # imported by the fixture below, so that collecting this file imports nothing
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tensorflow() -> None:
+    global tf
+    tf = pytest.importorskip(
+        "tensorflow", reason="tensorflow is not installed (pip install -e .[parity])"
+    )
+
 
 TINY = {"n_fft": 512, "hop": 128, "freq_bins": 128, "patch_frames": 64, "sample_rate": 44100}
 EPSILON = 1e-10
