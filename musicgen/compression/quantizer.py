@@ -12,6 +12,16 @@
    often huge, vectors: a dead code stays dead. Here a replaced code also gets its statistics
    reset (cluster size = threshold), so the replacement survives. With small batches (CPU
    presets) codebooks otherwise collapse to a handful of codes.
+3. Data parallelism. The package updates each rank's codebooks from that rank's batch, and
+   ``DistributedDataParallel`` (``broadcast_buffers``) then copies rank 0's buffers over the
+   others at the next forward: the codebooks learn from rank 0's batch alone, k-means starts
+   from rank 0's batch, and dead codes are refilled from it. AudioCraft averages the buffers
+   after each step instead (``flashy.distrib.sync_model``), which is not the union batch's
+   update either (``mean(embed_avg_r / n_r) != sum(embed_avg_r) / sum(n_r)``). Here, when a
+   process group is up, the per-code counts and vector sums are summed over ranks before the
+   EMA, and k-means and dead-code refills draw from the rows of all ranks (then broadcast from
+   rank 0): every rank makes the update one process would make on the union of the batches.
+   Without a process group nothing changes (bit for bit).
 
 Inference (``vq.encode``/``vq.decode``) and the state-dict layout are the package's.
 """
@@ -21,9 +31,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from encodec import distrib
 from encodec.quantization import ResidualVectorQuantizer
-from encodec.quantization.core_vq import EuclideanCodebook, sample_vectors
+from encodec.quantization.core_vq import (
+    EuclideanCodebook,
+    ema_inplace,
+    laplace_smoothing,
+    sample_vectors,
+)
+
+from musicgen.compression.ranks import gather_rows, sum_over_ranks
 
 
 @dataclass
@@ -36,23 +54,47 @@ class QuantizerOutput:
 
 
 class RevivingCodebook(EuclideanCodebook):
-    """The package's codebook whose dead-code replacement survives the EMA update (fix 2)."""
+    """The package's codebook whose dead-code replacement survives the EMA update (fix 2) and
+    whose training statistics cover every rank's batch (fix 3)."""
+
+    def init_embed_(self, data: torch.Tensor) -> None:
+        if self.inited:
+            return
+        super().init_embed_(gather_rows(data.detach()))  # k-means, then broadcast from rank 0
 
     def expire_codes_(self, batch_samples: torch.Tensor) -> None:
         if self.threshold_ema_dead_code == 0:
             return
         expired = self.cluster_size < self.threshold_ema_dead_code
-        if not torch.any(expired):
+        if not torch.any(expired):  # the same decision on every rank: the buffers agree
             return
-        samples = sample_vectors(
-            batch_samples.reshape(-1, batch_samples.shape[-1]), self.codebook_size
-        )
+        rows = gather_rows(batch_samples.reshape(-1, batch_samples.shape[-1]).detach())
+        samples = sample_vectors(rows, self.codebook_size)
         self.embed.data.copy_(torch.where(expired[:, None], samples, self.embed))
         self.cluster_size.data.masked_fill_(expired, float(self.threshold_ema_dead_code))
         self.embed_avg.data.copy_(
             torch.where(expired[:, None], samples * self.threshold_ema_dead_code, self.embed_avg)
         )
         distrib.broadcast_tensors(self.buffers())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The package's forward with the counts and sums of the EMA update summed over ranks."""
+        shape = x.shape
+        x = self.preprocess(x)
+        self.init_embed_(x)
+        flat_ind = self.quantize(x)
+        embed_ind = self.postprocess_emb(flat_ind, shape)
+        quantize = self.dequantize(embed_ind)
+        if self.training:
+            self.expire_codes_(x)
+            with torch.no_grad():
+                onehot = F.one_hot(flat_ind, self.codebook_size).type(x.dtype)
+                counts, sums = sum_over_ranks(onehot.sum(0), x.t() @ onehot)
+                ema_inplace(self.cluster_size, counts, self.decay)
+                ema_inplace(self.embed_avg, sums.t(), self.decay)
+                smoothed = laplace_smoothing(self.cluster_size, self.codebook_size, self.epsilon)
+                self.embed.copy_(self.embed_avg / (smoothed * self.cluster_size.sum())[:, None])
+        return quantize, embed_ind
 
 
 class FixedResidualVectorQuantizer(ResidualVectorQuantizer):

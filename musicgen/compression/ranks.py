@@ -1,0 +1,42 @@
+"""Collectives for the codebooks' training statistics; the identity without a process group.
+
+Each is called by every rank in the same order (the codebooks' training forward is), and
+works for any number of rows per rank, zero included.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    """Processes in the default group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sum_over_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The element-wise sums over ranks of ``tensors`` (one all-reduce for all of them)."""
+    if world_size() == 1:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    return tuple(
+        part.view_as(t)
+        for part, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)
+    )
+
+
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """The rows ``(N_r, D)`` of every rank concatenated in rank order ``(sum N_r, D)``."""
+    if world_size() == 1:
+        return rows
+    counts = torch.tensor([rows.shape[0]], device=rows.device)
+    sizes = [torch.empty_like(counts) for _ in range(world_size())]
+    dist.all_gather(sizes, counts)
+    longest = int(max(size.item() for size in sizes))
+    padded = rows.new_zeros(longest, rows.shape[1])
+    padded[: rows.shape[0]] = rows
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[: int(size.item())] for part, size in zip(parts, sizes, strict=True)])
