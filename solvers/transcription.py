@@ -35,6 +35,7 @@ from musicgen.transcription.model import MT3Config, MT3Model
 from musicgen.transcription.segments import (
     HOP_LENGTH,
     SAMPLE_RATE,
+    SEGMENT_FRAMES,
     SEGMENT_SAMPLES,
     crop_tokens,
     notes_to_segment_tokens,
@@ -49,6 +50,8 @@ from musicgen.transcription.vocabulary import (
 )
 from solvers.reduction import gather_objects, log_reduced, sync_buffers_for_validation
 from solvers.schedules import lr_lambda
+
+NUM_PITCHES = 128
 
 # MT3 paper (arXiv 2111.03017), Table 2 (MT3 single-dataset / mixture models) and Table 3
 # (MT3 mixture, multi-instrument F1 per instrument grouping); only datasets we can prepare.
@@ -112,6 +115,23 @@ def shift_smoothed_nll(logits: torch.Tensor, targets: torch.Tensor, sigma: float
     return nll.masked_scatter(is_shift, -(weights * picked).sum(-1))
 
 
+def crop_rolls(notes: np.ndarray, start: float, num_frames: int) -> np.ndarray:
+    """``(2, num_frames, 128)`` float32 targets of a crop starting at ``start`` seconds (notes in
+    track time): [0] the frame of each onset (every note, drums included), [1] the frames
+    where a pitched note sounds; frame ``f`` is time ``start + f * 8 ms``, as MT3's frames."""
+    rolls = np.zeros((2, num_frames, NUM_PITCHES), dtype=np.float32)
+    frames_per_second = SAMPLE_RATE / HOP_LENGTH
+    first = np.round((notes[:, START] - start) * frames_per_second).astype(int)
+    last = np.round((notes[:, END] - start) * frames_per_second).astype(int)
+    pitches = notes[:, PITCH].astype(int)
+    for on, off, pitch, drum in zip(first, last, pitches, notes[:, IS_DRUM] > 0, strict=True):
+        if 0 <= on < num_frames:
+            rolls[0, on, pitch] = 1.0
+        if not drum:
+            rolls[1, max(on, 0) : max(min(off, num_frames), 0), pitch] = 1.0
+    return rolls
+
+
 def _piano_roll_figure(ref: np.ndarray, est: np.ndarray, title: str) -> Figure:
     """Reference above, estimate below; one colour per program, drum hits as dots."""
     fig = Figure(figsize=(12, 6))
@@ -135,7 +155,10 @@ class MT3Solver(L.LightningModule):
     optimiser name with its other keyword arguments.
     ``shift_position_init`` starts training from :func:`init_shifts_from_positions`;
     ``shift_smoothing`` (steps; 0 is MT3's one-hot loss) trains shift targets against
-    :func:`shift_smoothed_nll`;
+    :func:`shift_smoothed_nll`; ``roll_loss_weight`` > 0 adds an auxiliary loss (not MT3): a
+    linear ``roll_head`` on the encoder output predicts each frame's onsets and sounding
+    pitches (:func:`crop_rolls`), binary cross-entropy times the weight; the head is used in
+    training only and is not part of the transcription model;
     ``constrained_decoding`` decodes validation and test pieces with MT3's token grammar
     (:mod:`musicgen.transcription.grammar`) instead of plain greedy."""
 
@@ -150,6 +173,7 @@ class MT3Solver(L.LightningModule):
         decode_batch_size: int = 32,
         shift_position_init: bool = False,
         shift_smoothing: float = 0.0,
+        roll_loss_weight: float = 0.0,
         constrained_decoding: bool = False,
         dataset_name: str = "",
     ) -> None:
@@ -166,6 +190,11 @@ class MT3Solver(L.LightningModule):
         self.model = MT3Model(MT3Config.from_dict(model))
         if shift_position_init:
             init_shifts_from_positions(self.model)
+        self.roll_head = (
+            torch.nn.Linear(self.model.config.d_model, 2 * NUM_PITCHES)
+            if roll_loss_weight
+            else None
+        )
         self.frontend = LogMelFrontend()
         self._tracks: dict[str, list[dict]] = {"valid": [], "test": []}
         self.tracks: dict[str, list[dict]] = {"valid": [], "test": []}
@@ -191,12 +220,20 @@ class MT3Solver(L.LightningModule):
         return targets.to(self.device), len(rows) - len(kept)
 
     def _loss(
-        self, frames: torch.Tensor, targets: torch.Tensor
+        self, frames: torch.Tensor, targets: torch.Tensor, rolls: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean token cross-entropy (shift targets smoothed with ``shift_smoothing``) plus
-        z-loss over non-PAD targets, and token accuracy."""
+        z-loss over non-PAD targets (plus the weighted roll loss when ``rolls`` are given),
+        and token accuracy."""
         inputs = F.pad(targets[:, :-1], (1, 0), value=PAD_ID)
-        logits = self.model(frames, inputs)
+        encoded = self.model.encoder(frames)
+        logits = self.model.decoder(inputs, encoded)
+        roll_loss = 0.0
+        if rolls is not None:
+            predicted = self.roll_head(encoded).unflatten(-1, (2, NUM_PITCHES)).transpose(1, 2)
+            roll_loss = self.hparams.roll_loss_weight * F.binary_cross_entropy_with_logits(
+                predicted, rolls
+            )
         mask = targets != PAD_ID
         if self.hparams.shift_smoothing > 0:
             nll = shift_smoothed_nll(logits, targets, self.hparams.shift_smoothing)
@@ -205,12 +242,20 @@ class MT3Solver(L.LightningModule):
         per_token = nll + self.hparams.z_loss * logits.logsumexp(-1).square()
         count = mask.sum().clamp(min=1)
         accuracy = ((logits.argmax(-1) == targets) & mask).sum() / count
-        return (per_token * mask).sum() / count, accuracy
+        return (per_token * mask).sum() / count + roll_loss, accuracy
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         audio = fit_length(batch["audio"].mean(dim=1), SEGMENT_SAMPLES)
         targets, skipped = self._targets(batch["notes"], batch["start"], SEGMENT_SAMPLES)
-        loss, accuracy = self._loss(self.frontend(audio), targets)
+        rolls = None
+        if self.roll_head is not None:
+            rolls = torch.stack(
+                [
+                    torch.from_numpy(crop_rolls(n.cpu().numpy(), start, SEGMENT_FRAMES))
+                    for n, start in zip(batch["notes"], batch["start"].tolist(), strict=True)
+                ]
+            ).to(self.device)
+        loss, accuracy = self._loss(self.frontend(audio), targets, rolls)
         size = audio.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/accuracy", accuracy, batch_size=size)

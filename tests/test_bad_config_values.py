@@ -92,6 +92,7 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
     "solver.module.shift_position_init": ("mt3", ["maybe"]),
     "solver.module.constrained_decoding": ("mt3", ["maybe"]),
     "solver.module.shift_smoothing": ("mt3", ["-1", "abc"]),
+    "solver.module.roll_loss_weight": ("mt3", ["-1", "abc"]),
     "solver.module.model.input_conv_kernel": ("mt3", ["-1", "4", "abc"]),
     **{
         f"solver.module.{key}": (solver, ["0", "-1", "2.5", "abc"])

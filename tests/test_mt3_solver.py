@@ -14,7 +14,12 @@ import torch
 
 from musicgen.notes import window_notes
 from musicgen.transcription import EOS_ID, PAD_ID, segment_tokens, token
-from solvers.transcription import MT3Solver, init_shifts_from_positions, shift_smoothed_nll
+from solvers.transcription import (
+    MT3Solver,
+    crop_rolls,
+    init_shifts_from_positions,
+    shift_smoothed_nll,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
@@ -59,6 +64,30 @@ def test_training_step_targets_are_the_crops_tokens() -> None:
     loss = mt3.training_step(batch, 0)
     loss.backward()
     assert torch.isfinite(loss) and mt3.model.decoder.logits_dense.weight.grad is not None
+
+
+def test_roll_targets_and_auxiliary_loss() -> None:
+    # NOTES from 1.1 s: the 0.5-1.5 s note sounds from frame 0 (its onset is before the crop),
+    # the 1.0-3.0 s note too; the drum hit at 1.2 s is an onset at frame round(0.1 * 125) = 12
+    rolls = crop_rolls(NOTES, 1.1, 256)
+    assert rolls.shape == (2, 256, 128) and rolls.dtype == np.float32
+    assert np.argwhere(rolls[0]).tolist() == [[12, 36]]
+    assert np.flatnonzero(rolls[1][:, 60]).tolist() == list(range(0, 50))  # ends at 1.5 s
+    assert np.flatnonzero(rolls[1][:, 64]).tolist() == list(range(0, 238))  # ends at 3.0 s
+    assert not rolls[1][:, 36].any()  # drums: onsets only
+    assert not crop_rolls(NOTES, 10.0, 256).any()
+    plain, aux = solver(), solver(roll_loss_weight=1.0)
+    assert plain.roll_head is None
+    batch = {
+        "audio": torch.randn(1, 1, 32768) * 0.1,
+        "notes": [torch.from_numpy(NOTES)],
+        "start": torch.tensor([1.1], dtype=torch.float64),
+    }
+    loss = aux.training_step(batch, 0)
+    loss.backward()
+    assert aux.roll_head.weight.grad.abs().sum() > 0
+    assert loss > plain.training_step(batch, 0)  # same weights (seed 0) plus the BCE term
+    assert not any(k.startswith("roll_head") for k in aux.model.state_dict())
 
 
 def test_targets_longer_than_the_limit_are_skipped_not_cut() -> None:
