@@ -11,7 +11,8 @@ steps and the decoded audio.
 AudioCraft is installed without its heavy dependencies (``pip install --no-deps
 audiocraft==1.3.0 flashy==0.0.2 num2words dora-search treetable retrying colorlog``); the
 modules it imports only for paths these models do not take (xformers' attention, spaCy's text
-normalisation, PyAV's file reading) get empty stand-ins while it is imported. Its T5 and Demucs
+normalisation, PyAV's file reading) get empty stand-ins while it is imported, and its optional
+CLAP import is skipped (laion_clap downloads a tokenizer when imported). Its T5 and Demucs
 loaders are pointed at a tiny random T5 (named ``t5-small``: AudioCraft sizes the projection by
 the name) and at a stand-in Demucs whose stems AudioCraft's melody path bypasses (``stemmer``
 none on our side: the melody given is the melody).
@@ -46,12 +47,14 @@ CAPTIONS = ["a calm chorale for strings and a choir", "fast drums"]
 def import_audiocraft() -> types.SimpleNamespace:
     if importlib.util.find_spec("audiocraft") is None:
         pytest.skip(SKIP)
-    stubs = {}
+    stubs: dict[str, types.ModuleType | None] = {}
     for name in ("xformers", "xformers.ops", "spacy", "av"):
         if name not in sys.modules and importlib.util.find_spec(name.split(".")[0]) is None:
             stubs[name] = types.ModuleType(name)
     if "xformers" in stubs:
         stubs["xformers"].ops = stubs["xformers.ops"]
+    if "laion_clap" not in sys.modules:  # its import fetches a tokenizer; AudioCraft's is optional
+        stubs["laion_clap"] = None  # None in sys.modules: the import raises ImportError
     sys.modules.update(stubs)
     try:
         from audiocraft.models import builders
