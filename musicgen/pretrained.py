@@ -31,7 +31,7 @@ from musicgen.compression.released import (
 from musicgen.conditioners.chroma import ChromaExtractor
 from musicgen.conditioners.melody import MelodyConditioner
 from musicgen.conditioners.provider import ConditionProvider
-from musicgen.conditioners.stemmers import build_stemmer
+from musicgen.conditioners.stemmers import Stemmer, build_stemmer
 from musicgen.conditioners.text import TextConditioner
 from musicgen.errors import UserError
 from musicgen.lm.audiocraft import LM_FILE, load_audiocraft_lm
@@ -58,7 +58,7 @@ def detect_layout(folder: Path) -> str:
     )
 
 
-def _stemmer(stemmer: str | None, demucs_repo: str | Path | None) -> tuple[object, str]:
+def _stemmer(stemmer: str | None, demucs_repo: str | Path | None) -> tuple[Stemmer, str]:
     kind = stemmer or ("demucs" if demucs_repo is not None else "none")
     options = {"repo": str(demucs_repo)} if kind == "demucs" and demucs_repo is not None else {}
     return build_stemmer(kind, **options), kind
