@@ -96,6 +96,7 @@ class MusicGen(nn.Module):
         self.conditions = conditions
         self.settings = {"text": text, "melody": melody}
         self.segment_seconds = segment_seconds  # the training segment: longer output is windowed
+        self.extend_stride: float | None = None  # default window advance (None: half a segment)
 
     @classmethod
     def build(
@@ -314,13 +315,15 @@ class MusicGen(nn.Module):
     def _windows(self, total: int, extend_stride: float | None) -> tuple[int, int]:
         """Window and stride, in frames, for ``total`` frames: one window when they fit in a
         training segment, else windows of a segment advancing by ``extend_stride`` seconds
-        (default half a segment), each prompted with the overlap, as AudioCraft extends."""
+        (default ``self.extend_stride``, else half a segment), each prompted with the overlap, as
+        AudioCraft extends."""
         if self.segment_seconds is None:
             return total, total
         window = max(1, int(self.segment_seconds * self.frame_rate))
         if total <= window:
             return total, total
-        seconds = self.segment_seconds / 2 if extend_stride is None else extend_stride
+        seconds = extend_stride if extend_stride is not None else self.extend_stride
+        seconds = self.segment_seconds / 2 if seconds is None else seconds
         stride = int(seconds * self.frame_rate)
         if not 0 < stride < window:
             raise UserError(

@@ -40,6 +40,7 @@ from musicgen.musicgen_model import MusicGen
 
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 RELEASE_SEGMENT = 30.0  # seconds: transformers' released generation length (1500 steps at 50 Hz)
+RELEASE_STRIDE = 18.0  # seconds: AudioCraft's extend_stride for outputs beyond a segment
 
 
 def detect_layout(folder: Path) -> str:
@@ -83,6 +84,7 @@ def load_pretrained(
         model = _from_transformers(path, stemmer, demucs_repo)
     else:
         model = _from_audiocraft(path, text_dir, stemmer, demucs_repo, codec_dir)
+    model.extend_stride = RELEASE_STRIDE
     return model.to(device).eval()
 
 

@@ -257,3 +257,11 @@ def test_chroma_equals_transformers_feature_extractor(seconds):
     ours = ChromaExtractor(32000)(wav[None, None])
     assert ours.shape == expected.shape
     assert torch.equal(ours, expected)
+
+
+def test_release_windows_advance_as_audiocraft(tmp_path, tokenizer):
+    """Beyond a 30 s segment, released models advance by AudioCraft's 18 s windows."""
+    save_release(tmp_path, tokenizer)
+    model = MusicGen.from_pretrained(tmp_path)
+    assert model._windows(50 * 40, None) == (1500, 900)
+    assert model._windows(50 * 40, 10.0) == (1500, 500)
