@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         "--extend-stride",
         type=float,
         default=None,
-        help="beyond the training segment, windows advance by this many seconds (default: half)",
+        help="beyond the training segment, windows advance by this many seconds (default: half a "
+        "segment; 18 for --model, as AudioCraft)",
     )
     parser.add_argument(
         "--weights-dir",
