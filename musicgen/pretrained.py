@@ -44,15 +44,18 @@ RELEASE_STRIDE = 18.0  # seconds: AudioCraft's extend_stride for outputs beyond 
 
 
 def detect_layout(folder: Path) -> str:
-    """``"transformers"`` or ``"audiocraft"``; a :class:`UserError` naming what is missing."""
+    """``"transformers"`` or ``"audiocraft"``; a :class:`UserError` naming what is missing. A
+    folder with both (a whole ``facebook/musicgen-*`` download) reads as transformers: its T5 is
+    inside."""
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: pass a MusicGen model folder")
+    has_weights = any((folder / name).is_file() for name in HF_WEIGHTS)
+    if (folder / "config.json").is_file() and has_weights:
+        return "transformers"
     if (folder / LM_FILE).is_file():
         return "audiocraft"
     if (folder / "config.json").is_file():
-        if not any((folder / name).is_file() for name in HF_WEIGHTS):
-            raise UserError(f"{folder} has a config.json but no weights ({' / '.join(HF_WEIGHTS)})")
-        return "transformers"
+        raise UserError(f"{folder} has a config.json but no weights ({' / '.join(HF_WEIGHTS)})")
     raise UserError(
         f"{folder} is not a MusicGen folder: it needs {LM_FILE} + {CODEC_FILE} (AudioCraft) or "
         "config.json + model.safetensors (transformers)"

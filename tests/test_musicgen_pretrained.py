@@ -265,3 +265,13 @@ def test_release_windows_advance_as_audiocraft(tmp_path, tokenizer):
     model = MusicGen.from_pretrained(tmp_path)
     assert model._windows(50 * 40, None) == (1500, 900)
     assert model._windows(50 * 40, 10.0) == (1500, 500)
+
+
+def test_a_folder_with_both_layouts_reads_as_transformers(tmp_path, tokenizer):
+    """A whole facebook/musicgen-* download holds both layouts: the self-contained transformers
+    one (T5 inside) is read."""
+    save_release(tmp_path, tokenizer)
+    (tmp_path / "state_dict.bin").write_bytes(b"")
+    assert detect_layout(tmp_path) == "transformers"
+    (tmp_path / "model.safetensors").unlink()
+    assert detect_layout(tmp_path) == "audiocraft"
