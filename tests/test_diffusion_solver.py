@@ -17,9 +17,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
+from musicgen.compression import CodecConfig, CompressionModel
 from musicgen.diffusion import load_diffusion
 from musicgen.errors import UserError
-from solvers.diffusion import PAPER_ROWS, DiffusionSolver
+from solvers.diffusion import PAPER_ROWS, DiffusionSolver, check_codec
 from tests.fixtures.repeat import Repeat
 from tests.fixtures.toy_shards import write_toy_dataset
 from tests.test_media_logging import tensorboard_media
@@ -278,3 +279,10 @@ def test_validation_logs_the_three_versions_of_each_clip(codec: Path, tmp_path: 
     for (samples, rate), *_ in media["audio"].values():
         assert rate == RATE and samples.shape == (batch["audio"].shape[-1],)
     assert len(media["images"]) == 6
+
+
+def test_a_codec_that_normalises_its_input_is_refused() -> None:
+    config = CodecConfig(sample_rate=RATE, ratios=(8, 4, 4), n_filters=4, dimension=16, n_q=2,
+                         bins=64, lstm=0, kmeans_init=False, normalize=True, segment=1.0)  # fmt: skip
+    with pytest.raises(UserError, match="normalises or segments its input"):
+        check_codec(CompressionModel(config))
