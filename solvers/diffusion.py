@@ -10,7 +10,8 @@ clipping); an EMA copy of the decoder (decay 0.99, every step) is what evaluatio
 
 Validation and test decode the tokens of every item at each entry of ``eval_codebooks`` twice:
 with the codec's own decoder and with the diffusion decoder (``sampling.steps`` steps from a fixed
-seed), and report mel distance and SI-SNR of both against the input (sums reduced over ranks).
+seed), the latter also with its band levels matched to the codec's decoding as AudioCraft's
+``tokens_to_wav`` does (``diffusion_eq``), and report mel distance and SI-SNR of both against the input (sums reduced over ranks).
 The test also fits embeddings of the reference, codec-decoded and diffusion-decoded audio for FAD
 and :meth:`DiffusionSolver.evaluation_tables` lays both decoders out beside MBD's published rows.
 """
@@ -24,6 +25,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from musicgen.compression import CodecConfig, CompressionModel
 from musicgen.diffusion import MultiBandDiffusion
+from musicgen.diffusion.bands import re_eq
+from musicgen.diffusion.decoder import EQ_BANDS
 from musicgen.errors import UserError
 from musicgen.metrics.audio_quality import MelDistance, si_snr
 from musicgen.metrics.embeddings import build_embedder
@@ -46,7 +49,9 @@ OPTIM = {
 }
 SAMPLING = {"steps": 20, "seed": 0}
 EVALUATION = {"fad_embedder": "crepe", "fad_weights": None, "fad_options": {}}
-DECODERS = ("codec", "diffusion")
+# "diffusion_eq": the diffusion output with its level in 32 mel bands matched to the codec's
+# decoding, as AudioCraft's MultiBandDiffusion.tokens_to_wav (and our decode_tokens) returns it.
+DECODERS = ("codec", "diffusion", "diffusion_eq")
 # Per key: SI-SNR sum, mel distance sum, items.
 SUMS = 3
 
@@ -222,7 +227,18 @@ class DiffusionSolver(L.LightningModule):
         diffusion = self.decoder.sample(
             latent, steps=steps, generator=self.generator(batch_idx), length=length
         )
-        return {"codec": codec, "diffusion": diffusion.to(wav.dtype)}
+        # Item by item (re_eq pools its levels over what it is given): the same on any world size.
+        matched = torch.cat(
+            [
+                re_eq(d[None], c[None].float(), self.codec.sample_rate, EQ_BANDS)
+                for d, c in zip(diffusion, codec, strict=True)
+            ]
+        )
+        return {
+            "codec": codec,
+            "diffusion": diffusion.to(wav.dtype),
+            "diffusion_eq": matched.to(wav.dtype),
+        }
 
     # ---- validation / test -----------------------------------------------------------------
 
@@ -373,6 +389,8 @@ class DiffusionSolver(L.LightningModule):
         names = {
             "codec": "codec decoder (ours)",
             "diffusion": f"MBD decoder (ours, {weights}, {steps} steps)",
+            "diffusion_eq": f"MBD decoder + {EQ_BANDS}-band level match to the codec (as "
+            "AudioCraft's tokens_to_wav)",
         }
         references = int(self._sums["items:reference"].item()) if self._sums else 0
         rows = []

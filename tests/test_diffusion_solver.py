@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader
 
 from musicgen.compression import CodecConfig, CompressionModel
 from musicgen.diffusion import load_diffusion
+from musicgen.diffusion.bands import re_eq
+from musicgen.diffusion.decoder import EQ_BANDS
 from musicgen.errors import UserError
 from solvers.diffusion import PAPER_ROWS, DiffusionSolver, check_codec
 from tests.fixtures.repeat import Repeat
@@ -99,7 +101,7 @@ def test_validation_and_test_measure_both_decoders(codec: Path) -> None:
     model, batch = solver(codec, eval_codebooks=[1, 2]), fixed_batch()
     loader = DataLoader([batch, batch], batch_size=None)
     metrics = trainer(val_batches=None).validate(model, loader, verbose=False)[0]
-    for decoder in ("codec", "diffusion"):
+    for decoder in ("codec", "diffusion", "diffusion_eq"):
         for n_q in (1, 2):
             assert metrics[f"valid/mel_{decoder}_q{n_q}"] > 0
             assert f"valid/sisnr_{decoder}_q{n_q}" in metrics
@@ -116,10 +118,25 @@ def test_validation_and_test_measure_both_decoders(codec: Path) -> None:
     (table,) = model.evaluation_tables()
     ours = [row for row in table.rows if row["system"] not in [r["system"] for r in PAPER_ROWS]]
     assert [(row["system"].split()[0], row["codebooks"]) for row in ours] == [
-        ("codec", 1), ("MBD", 1), ("codec", 2), ("MBD", 2),
+        ("codec", 1), ("MBD", 1), ("MBD", 1), ("codec", 2), ("MBD", 2), ("MBD", 2),
     ]  # fmt: skip
     assert all(row["n"] == "4 decoded / 4 reference" for row in ours)
     assert ours[1]["mel_distance"] == pytest.approx(results["test/mel_diffusion_q1"])
+    assert ours[2]["mel_distance"] == pytest.approx(results["test/mel_diffusion_eq_q1"])
+
+
+def test_level_matched_decoding_is_decode_tokens_item_by_item(codec: Path) -> None:
+    """The ``diffusion_eq`` output is what ``decode_tokens`` (AudioCraft's tokens_to_wav) gives
+    each item on its own."""
+    model, wav = solver(codec).eval(), fixed_batch()["audio"]
+    decoded = model.decode_both(wav, 1, batch_idx=0)
+    codes = model.codec.encode(wav, 1)
+    for i in range(len(wav)):
+        raw = decoded["diffusion"][i : i + 1]
+        codec_wav = model.codec.decode(codes[i : i + 1], wav.shape[-1])
+        expected = re_eq(raw, codec_wav, model.codec.sample_rate, EQ_BANDS)
+        torch.testing.assert_close(decoded["diffusion_eq"][i : i + 1], expected)
+    assert not torch.allclose(decoded["diffusion_eq"], decoded["diffusion"])
 
 
 def test_sampling_is_deterministic_for_the_seed(codec: Path) -> None:
@@ -260,7 +277,7 @@ def test_two_processes_count_every_item_once(codec: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow  # ~8 s on 2 loaded cores, mostly TensorBoard's event reader
-def test_validation_logs_the_three_versions_of_each_clip(codec: Path, tmp_path: Path) -> None:
+def test_validation_logs_the_four_versions_of_each_clip(codec: Path, tmp_path: Path) -> None:
     """Original, codec-decoded and diffusion-decoded audio with spectrograms reach TensorBoard."""
     logger = TensorBoardLogger(save_dir=tmp_path, name="logs", default_hp_metric=False)
     run_trainer = L.Trainer(
@@ -275,10 +292,10 @@ def test_validation_logs_the_three_versions_of_each_clip(codec: Path, tmp_path: 
     run_trainer.validate(solver(codec), DataLoader([batch], batch_size=None), verbose=False)
     media = tensorboard_media(tmp_path)
     names = {tag.rsplit("/", 1)[1].rsplit("_", 1)[0] for tag in media["audio"]}
-    assert names == {"original", "codec", "diffusion"} and len(media["audio"]) == 6
+    assert names == {"original", "codec", "diffusion", "diffusion_eq"} and len(media["audio"]) == 8
     for (samples, rate), *_ in media["audio"].values():
         assert rate == RATE and samples.shape == (batch["audio"].shape[-1],)
-    assert len(media["images"]) == 6
+    assert len(media["images"]) == 8
 
 
 def test_a_codec_that_normalises_its_input_is_refused() -> None:
