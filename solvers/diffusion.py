@@ -401,7 +401,7 @@ class DiffusionSolver(L.LightningModule):
                     "system": names[decoder],
                     "codebooks": int(n_q),
                     "kbps": round(self.codec.config.kbps(int(n_q)), 3),
-                    "trained_codebooks": self.n_q if decoder == "diffusion" else None,
+                    "trained_codebooks": self.n_q if decoder.startswith("diffusion") else None,
                     "mel_distance": mel,
                     "si_snr_db": sisnr,
                     "FAD": self.fad(key) if f"fad_n:{key}" in self._sums else None,
