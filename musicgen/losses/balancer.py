@@ -6,6 +6,13 @@ exponential moving average of the gradient norm and ``R`` the total norm. With p
 the norm of ``g_i`` is taken over all dimensions but the batch and averaged over the batch.
 The weights are then the fractions of the output gradient each loss accounts for, whatever
 the scale of the loss.
+
+Under data parallelism (N ranks whose gradients are averaged) the norms are those of one process
+on the union of the ranks' batches: a rank's loss is a mean over N times fewer items, so its
+gradients are N times the union's. Each rank's balanced gradient is then N times the union's,
+and the ranks' average of the parameter gradients is the union batch's. (AudioCraft averages the
+ranks' norms instead, which divides the balanced gradient by N relative to losses outside the
+balancer, such as the codec's commitment loss.)
 """
 
 from __future__ import annotations
@@ -46,6 +53,19 @@ class Balancer(nn.Module):
     def _norm(self, grad: torch.Tensor) -> torch.Tensor:
         return grad.flatten(1).norm(dim=1).mean() if self.per_item else grad.norm()
 
+    def _union_norms(self, norms: torch.Tensor) -> torch.Tensor:
+        """The gradient norms of the union of all ranks' batches (equal batch sizes) from each
+        rank's: the mean of per-item norms, or the norm over the whole batch."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return norms
+        world = dist.get_world_size()
+        if self.per_item:
+            dist.all_reduce(norms)
+            return norms / world**2
+        squares = norms**2
+        dist.all_reduce(squares)
+        return squares.sqrt() / world
+
     def forward(
         self, losses: dict[str, torch.Tensor], output: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -65,10 +85,7 @@ class Balancer(nn.Module):
             [list(self.weights).index(name) for name in names], device=self.norm_sums.device
         )
         grads = [torch.autograd.grad(losses[name], output, retain_graph=True)[0] for name in names]
-        norms = torch.stack([self._norm(g) for g in grads]).detach()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(norms)
-            norms = norms / dist.get_world_size()
+        norms = self._union_norms(torch.stack([self._norm(g) for g in grads]).detach())
         with torch.no_grad():
             self.norm_sums[index] = self.norm_sums[index] * self.ema_decay + norms
             self.norm_count[index] = self.norm_count[index] * self.ema_decay + 1.0
