@@ -28,10 +28,7 @@ TOY_CONF = REPO / "tests" / "fixtures" / "conf"
 STOP_TIMEOUT_S = 60.0  # from the signal until every process of the run has exited
 
 # (signal, processes, loader workers, who gets the signal); the rest run with `make test-all`.
-FAST = {
-    (signal.SIGTERM, 1, 2, "every process"),
-    (signal.SIGTERM, 2, 0, "rank 1"),
-}
+FAST = {(signal.SIGTERM, 2, 0, "rank 1")}
 CASES = [
     (signum, processes, workers, target)
     for signum in (signal.SIGTERM, signal.SIGUSR2)

@@ -462,6 +462,7 @@ def test_an_override_that_mentions_the_run_dir_keeps_the_name(tmp_path: Path) ->
     assert with_dir == compose_train("+callbacks.x.path=${run.dir}/x").run.name
 
 
+@pytest.mark.slow  # ~15 s on 2 cores: make test-all (the SLURM sweep test starts DDP ranks too)
 @pytest.mark.timeout(300)
 def test_the_local_launcher_starts_one_task_per_rank(toy_dataset: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
