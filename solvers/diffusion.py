@@ -21,7 +21,6 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 
 from musicgen.compression import CodecConfig, CompressionModel
 from musicgen.diffusion import MultiBandDiffusion
@@ -35,7 +34,7 @@ from musicgen.tables import Table
 from solvers import media
 from solvers.musicgen import load_codec
 from solvers.reduction import log_reduced, sum_tensors, sync_buffers_for_validation
-from solvers.schedules import ema_decay, lr_lambda
+from solvers.schedules import ClipsAtMaxNorm, ema_decay, stepped
 
 # AudioCraft config/solver/diffusion/default.yaml: Adam, lr 2e-4, betas (0.9, 0.999), no weight
 # decay, max_norm 0 (no clipping), EMA of the model with decay 0.99 updated every step.
@@ -75,7 +74,7 @@ PAPER_ROWS = [
 ]
 
 
-class DiffusionSolver(L.LightningModule):
+class DiffusionSolver(ClipsAtMaxNorm, L.LightningModule):
     """Trains a :class:`~musicgen.diffusion.MultiBandDiffusion` on the latents of a frozen codec.
 
     Arguments are plain containers (saved as hyperparameters): ``diffusion`` holds the
@@ -166,17 +165,7 @@ class DiffusionSolver(L.LightningModule):
             betas=tuple(self.optim["betas"]),
             weight_decay=self.optim["weight_decay"],
         )
-        schedule = LambdaLR(
-            optimizer, lr_lambda(self.optim["warmup_steps"], self.optim["cosine_steps"])
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ) -> None:
-        max_norm = gradient_clip_val or self.optim["max_norm"]
-        if max_norm:
-            self.clip_gradients(optimizer, max_norm, gradient_clip_algorithm or "norm")
+        return stepped(optimizer, self.optim)
 
     def frame_aligned(self, wav: torch.Tensor) -> torch.Tensor:
         """``wav`` cut to whole codec frames (at least one), so audio and latent line up."""

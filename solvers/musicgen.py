@@ -29,7 +29,6 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from musicgen.compression import CodecConfig, CompressionModel
 from musicgen.conditioners.chroma import ChromaExtractor
@@ -44,7 +43,7 @@ from musicgen.musicgen_model import GENERATION, MusicGen
 from musicgen.tables import Table
 from solvers import media
 from solvers.reduction import log_reduced, sum_tensors, sync_buffers_for_validation
-from solvers.schedules import ema_decay, lr_lambda
+from solvers.schedules import ClipsAtMaxNorm, ema_decay, stepped
 
 OPTIM = {
     "lr": 1e-4,
@@ -235,7 +234,7 @@ def chroma_image(
     return (image * 255).to(torch.uint8).numpy()
 
 
-class MusicGenSolver(L.LightningModule):
+class MusicGenSolver(ClipsAtMaxNorm, L.LightningModule):
     """Trains a :class:`~musicgen.musicgen_model.MusicGen` language model on a frozen codec.
 
     Arguments are plain containers (saved as hyperparameters): ``lm`` holds
@@ -334,17 +333,7 @@ class MusicGenSolver(L.LightningModule):
             betas=tuple(self.optim["betas"]),
             weight_decay=self.optim["weight_decay"],
         )
-        schedule = LambdaLR(
-            optimizer, lr_lambda(self.optim["warmup_steps"], self.optim["cosine_steps"])
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ) -> None:
-        max_norm = gradient_clip_val or self.optim["max_norm"]
-        if max_norm:
-            self.clip_gradients(optimizer, max_norm, gradient_clip_algorithm or "norm")
+        return stepped(optimizer, self.optim)
 
     def _melody_inputs(self, batch: dict) -> dict:
         """The melody condition's input: the cached chroma of the crops when a chroma cache is
