@@ -19,7 +19,6 @@ and :meth:`DiffusionSolver.evaluation_tables` lays both decoders out beside MBD'
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import torch
 
 from musicgen.compression import CodecConfig, CompressionModel
@@ -29,9 +28,8 @@ from musicgen.diffusion.decoder import EQ_BANDS
 from musicgen.errors import UserError
 from musicgen.metrics.audio_quality import MelDistance, si_snr
 from musicgen.metrics.embeddings import build_embedder
-from musicgen.metrics.fad import frechet_distance
 from musicgen.tables import Table
-from solvers import media
+from solvers import fad_sums, media
 from solvers.musicgen import load_codec
 from solvers.reduction import log_reduced, sum_tensors, sync_buffers_for_validation
 from solvers.schedules import ClipsAtMaxNorm, ema_decay, stepped
@@ -323,20 +321,9 @@ class DiffusionSolver(ClipsAtMaxNorm, L.LightningModule):
         self._sums, self._means = {}, {}
 
     def _add_embeddings(self, key: str, wavs: torch.Tensor, lengths: list[int]) -> None:
-        """Sum, sum of outer products and count of the clips' embeddings (as ``solver=musicgen``)."""
-        for wav, length in zip(wavs, lengths, strict=True):
-            emb = torch.as_tensor(
-                self.embedder.embed(wav[..., :length].float().cpu(), self.codec.sample_rate)
-            ).double()
-            for name, value in (
-                ("fad_sum", emb.sum(0)),
-                ("fad_outer", emb.T @ emb),
-                ("fad_n", torch.tensor(float(emb.shape[0]), dtype=torch.float64)),
-            ):
-                name = f"{name}:{key}"
-                self._sums[name] = self._sums[name] + value if name in self._sums else value
-        items = torch.tensor(float(len(lengths)), dtype=torch.float64)
-        self._sums[f"items:{key}"] = self._sums.get(f"items:{key}", 0) + items
+        fad_sums.add_clip_embeddings(
+            self._sums, key, self.embedder, wavs, lengths, self.codec.sample_rate, self.device
+        )
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         wav = batch["audio"]
@@ -354,21 +341,10 @@ class DiffusionSolver(ClipsAtMaxNorm, L.LightningModule):
         if fads:
             log_reduced(self, {f"test/fad_{k.replace(':', '_q')}": v for k, v in fads.items()})
 
-    def _gaussian(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        total, outer = self._sums[f"fad_sum:{key}"], self._sums[f"fad_outer:{key}"]
-        n = int(self._sums[f"fad_n:{key}"].item())
-        if n < 2:
-            raise UserError(
-                f"FAD needs at least 2 embeddings of the {key} clips, got {n}: evaluate more items"
-            )
-        mu = total / n
-        sigma = (outer - n * torch.outer(mu, mu)) / (n - 1)
-        return mu.numpy(), sigma.numpy()
-
     def fad(self, key: str) -> float:
         """FAD between the decoded clips ``key`` and the reference clips (from summed statistics,
         so it is the same on one or many processes)."""
-        return frechet_distance(*self._gaussian(key), *self._gaussian("reference"))
+        return fad_sums.fad(self._sums, key)
 
     def evaluation_tables(self) -> list[Table]:
         """Codec decoder vs diffusion decoder per bandwidth (after ``trainer.test``), then MBD's

@@ -37,11 +37,10 @@ from musicgen.errors import UserError
 from musicgen.metrics.chroma_cosine import ChromaCosineSimilarity, frames_for_samples
 from musicgen.metrics.clap import ClapScore, build_clap
 from musicgen.metrics.embeddings import build_embedder
-from musicgen.metrics.fad import frechet_distance
 from musicgen.metrics.kl import KLDivergence, build_kl
 from musicgen.musicgen_model import GENERATION, MusicGen
 from musicgen.tables import Table
-from solvers import media
+from solvers import fad_sums, media
 from solvers.reduction import log_reduced, sum_tensors, sync_buffers_for_validation
 from solvers.schedules import ClipsAtMaxNorm, ema_decay, stepped
 
@@ -541,19 +540,12 @@ class MusicGenSolver(ClipsAtMaxNorm, L.LightningModule):
         self._kl = {name: KLDivergence(kl.classifier, note=kl.note) for name in SYSTEMS}
 
     def _add(self, key: str, values: torch.Tensor) -> None:
-        values = values.double().to(self.device)
-        self._sums[key] = self._sums[key] + values if key in self._sums else values
+        fad_sums.add_sum(self._sums, key, values, self.device)
 
     def _add_embeddings(self, key: str, wavs: torch.Tensor, lengths: list[int]) -> None:
-        """Accumulate the sum, sum of outer products and count of the clips' embeddings."""
-        for wav, length in zip(wavs, lengths, strict=True):
-            emb = torch.as_tensor(
-                self.embedder.embed(wav[..., :length].float().cpu(), self.model.sample_rate)
-            ).double()
-            self._add(f"fad_sum:{key}", emb.sum(0))
-            self._add(f"fad_outer:{key}", emb.T @ emb)
-            self._add(f"fad_n:{key}", torch.tensor(float(emb.shape[0])))
-        self._add(f"items:{key}", torch.tensor(float(len(lengths))))
+        fad_sums.add_clip_embeddings(
+            self._sums, key, self.embedder, wavs, lengths, self.model.sample_rate, self.device
+        )
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         size = size_of(batch)
@@ -593,23 +585,10 @@ class MusicGenSolver(ClipsAtMaxNorm, L.LightningModule):
             if f"fad_n:{name}" in self._sums:
                 log_reduced(self, {f"test/fad_{name}": self.fad(name)})
 
-    def _gaussian(self, key: str) -> tuple[np.ndarray, np.ndarray, int]:
-        total, outer = self._sums[f"fad_sum:{key}"], self._sums[f"fad_outer:{key}"]
-        n = int(self._sums[f"fad_n:{key}"].item())
-        if n < 2:
-            raise UserError(
-                f"FAD needs at least 2 embeddings of the {key} clips, got {n}: evaluate more items"
-            )
-        mu = total / n
-        sigma = (outer - n * torch.outer(mu, mu)) / (n - 1)
-        return mu.cpu().numpy(), sigma.cpu().numpy(), n
-
     def fad(self, name: str) -> float:
         """FAD between the generated clips ``name`` and the reference clips (Gaussian fits from
         the summed statistics, so it is the same on one or many processes)."""
-        mu1, s1, _ = self._gaussian(name)
-        mu2, s2, _ = self._gaussian("reference")
-        return frechet_distance(mu1, s1, mu2, s2)
+        return fad_sums.fad(self._sums, name)
 
     def evaluation_tables(self) -> list[Table]:
         """The MusicGen paper's Table 1 layout (after ``trainer.test``): ours, with the melody
