@@ -27,7 +27,6 @@ from musicgen.diffusion.bands import re_eq
 from musicgen.diffusion.decoder import EQ_BANDS
 from musicgen.errors import UserError
 from musicgen.metrics.audio_quality import MelDistance, si_snr
-from musicgen.metrics.embeddings import build_embedder
 from musicgen.tables import Table
 from solvers import fad_sums, media
 from solvers.musicgen import load_codec
@@ -309,11 +308,7 @@ class DiffusionSolver(ClipsAtMaxNorm, L.LightningModule):
     @property
     def embedder(self):
         if self._embedder is None:
-            self._embedder = build_embedder(
-                self.evaluation["fad_embedder"],
-                self.evaluation["fad_weights"],
-                **self.evaluation["fad_options"],
-            )
+            self._embedder = fad_sums.configured_embedder(self.evaluation)
         return self._embedder
 
     def on_test_epoch_start(self) -> None:

@@ -9,8 +9,16 @@ import numpy as np
 import torch
 
 from musicgen.errors import UserError
-from musicgen.metrics.embeddings import AudioEmbedder
+from musicgen.metrics.embeddings import AudioEmbedder, build_embedder
 from musicgen.metrics.fad import frechet_distance
+
+
+def configured_embedder(evaluation: dict) -> AudioEmbedder:
+    """The FAD embedder of a solver's ``evaluation`` options (``fad_embedder``, ``fad_weights``,
+    ``fad_options``)."""
+    return build_embedder(
+        evaluation["fad_embedder"], evaluation["fad_weights"], **evaluation["fad_options"]
+    )
 
 
 def add_sum(sums: dict[str, torch.Tensor], key: str, value: torch.Tensor, device) -> None:

@@ -36,7 +36,6 @@ from musicgen.conditioners.chroma_cache import ChromaCache
 from musicgen.errors import UserError
 from musicgen.metrics.chroma_cosine import ChromaCosineSimilarity, frames_for_samples
 from musicgen.metrics.clap import ClapScore, build_clap
-from musicgen.metrics.embeddings import build_embedder
 from musicgen.metrics.kl import KLDivergence, build_kl
 from musicgen.musicgen_model import GENERATION, MusicGen
 from musicgen.tables import Table
@@ -519,11 +518,7 @@ class MusicGenSolver(ClipsAtMaxNorm, L.LightningModule):
     @property
     def embedder(self):
         if self._embedder is None:
-            self._embedder = build_embedder(
-                self.evaluation["fad_embedder"],
-                self.evaluation["fad_weights"],
-                **self.evaluation["fad_options"],
-            )
+            self._embedder = fad_sums.configured_embedder(self.evaluation)
         return self._embedder
 
     def on_test_epoch_start(self) -> None:
