@@ -22,19 +22,20 @@ from musicgen.lm.convert import (
 transformers = pytest.importorskip("transformers")
 
 CARD, DIM, N_Q, CHROMA_LENGTH = 16, 32, 4, 5
+# The tiny decoder of both transformers configs (keyword overrides go on top).
+TINY_DECODER = dict(
+    vocab_size=CARD,
+    hidden_size=DIM,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    ffn_dim=64,
+    num_codebooks=N_Q,
+    pad_token_id=CARD,
+    bos_token_id=CARD,
+)
 
 
 def hf_config(text_vocab: int = 32, **decoder):
-    values = dict(
-        vocab_size=CARD,
-        hidden_size=DIM,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        ffn_dim=64,
-        num_codebooks=N_Q,
-        pad_token_id=CARD,
-        bos_token_id=CARD,
-    )
     text = transformers.T5Config(
         vocab_size=text_vocab, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2
     )
@@ -49,7 +50,7 @@ def hf_config(text_vocab: int = 32, **decoder):
     return transformers.MusicgenMelodyConfig(
         text_encoder=text.to_dict(),
         audio_encoder=audio.to_dict(),
-        decoder=transformers.MusicgenMelodyDecoderConfig(**(values | decoder)).to_dict(),
+        decoder=transformers.MusicgenMelodyDecoderConfig(**(TINY_DECODER | decoder)).to_dict(),
         chroma_length=CHROMA_LENGTH,
     )
 
@@ -57,20 +58,10 @@ def hf_config(text_vocab: int = 32, **decoder):
 def hf_text_config(text_vocab: int = 32, **decoder):
     """A tiny text-only ``MusicgenConfig`` (decoder with cross-attention on T5)."""
     melody = hf_config(text_vocab)
-    values = dict(
-        vocab_size=CARD,
-        hidden_size=DIM,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        ffn_dim=64,
-        num_codebooks=N_Q,
-        pad_token_id=CARD,
-        bos_token_id=CARD,
-    )
     return transformers.MusicgenConfig(
         text_encoder=melody.text_encoder.to_dict(),
         audio_encoder=melody.audio_encoder.to_dict(),
-        decoder=transformers.MusicgenDecoderConfig(**(values | decoder)).to_dict(),
+        decoder=transformers.MusicgenDecoderConfig(**(TINY_DECODER | decoder)).to_dict(),
     )
 
 
