@@ -40,11 +40,14 @@ def build_conditions(
     text: dict | None,
     melody: dict | None,
     codec_hop: int | None = None,
+    released_layout: bool = False,
 ) -> ConditionProvider:
     """The condition provider: ``text`` holds :class:`TextConditioner` arguments (None: no text),
     ``melody`` the :class:`MelodyConditioner` ones plus ``stemmer`` (its kind: demucs, oracle or
     none), ``stemmers`` (options per kind, e.g. ``{demucs: {name, repo}}``) and ``step_aligned``
-    (one melody frame per LM step: ``frame_hop`` = ``codec_hop``); None: no melody."""
+    (one melody frame per LM step: ``frame_hop`` = ``codec_hop``); None: no melody.
+    ``released_layout``: the prefix as the released models read it (see
+    :class:`ConditionProvider`), which is what export to AudioCraft/transformers needs."""
     text_conditioner = TextConditioner(output_dim=dim, **text) if text is not None else None
     melody_conditioner = None
     if melody is not None:
@@ -58,7 +61,7 @@ def build_conditions(
         melody_conditioner = MelodyConditioner(
             output_dim=dim, sample_rate=sample_rate, stemmer=stemmer, **options
         )
-    return ConditionProvider(text_conditioner, melody_conditioner)
+    return ConditionProvider(text_conditioner, melody_conditioner, released_layout)
 
 
 def fit_melody(wav: torch.Tensor, length: int) -> torch.Tensor:
@@ -106,12 +109,15 @@ class MusicGen(nn.Module):
         text: dict | None,
         melody: dict | None,
         segment_seconds: float | None = None,
+        released_layout: bool = False,
     ) -> MusicGen:
         """A new model on ``codec``; ``lm`` holds :class:`LMConfig` fields (``card`` defaults to
-        the codec's codebook size); ``segment_seconds`` is the training segment length."""
+        the codec's codebook size); ``segment_seconds`` is the training segment length;
+        ``released_layout`` lays the prefix out as the released models (see
+        :func:`build_conditions`)."""
         config = LMConfig.from_dict({"card": codec.cardinality, **lm})
         conditions = build_conditions(
-            config.dim, codec.sample_rate, text, melody, codec.config.hop_length
+            config.dim, codec.sample_rate, text, melody, codec.config.hop_length, released_layout
         )
         return cls(codec, MusicLM(config), conditions, text, melody, segment_seconds)
 
@@ -418,7 +424,12 @@ class MusicGen(nn.Module):
                 )
             else:
                 model = cls.build(
-                    codec, hparams["lm"], text, melody, hparams.get("segment_seconds")
+                    codec,
+                    hparams["lm"],
+                    text,
+                    melody,
+                    hparams.get("segment_seconds"),
+                    bool(hparams.get("released_layout", False)),
                 )
         except (KeyError, TypeError) as err:
             raise UserError(

@@ -246,7 +246,10 @@ class MusicGenSolver(ClipsAtMaxNorm, L.LightningModule):
     otherwise the codec is read from ``codec_checkpoint``), ``init_from`` a released MusicGen
     folder to fine-tune (AudioCraft or transformers layout: the model's shape, codec and
     conditions come from it; the LM and condition projections train, codec and text encoder stay
-    frozen), ``evaluation`` the test metrics' models (``fad_embedder``: crepe, vggish or encodec, with
+    frozen), ``released_layout`` the conditions prefixed as the released models read them
+    (melody then text, every position attended; what ``python -m musicgen.export`` needs for
+    melody and prefix-conditioned models; a released folder brings its own), ``evaluation`` the
+    test metrics' models (``fad_embedder``: crepe, vggish or encodec, with
     ``fad_weights``; ``clap_weights``/``kl_weights`` enable those slots).
     """
 
@@ -269,6 +272,7 @@ class MusicGenSolver(ClipsAtMaxNorm, L.LightningModule):
         dataset_name: str = "",
         chroma_cache: str | None = None,
         init_from: str | None = None,
+        released_layout: bool = False,
     ) -> None:
         super().__init__()
         if (melody or {}).get("stemmer") == "oracle" and "stems" not in (data_fields or []):
@@ -294,7 +298,7 @@ class MusicGenSolver(ClipsAtMaxNorm, L.LightningModule):
                 frames = melody_frames(melody, codec, segment_seconds)
                 melody = {**melody, "duration_frames": frames}
                 self.hparams["melody"] = melody
-            self.model = MusicGen.build(codec, lm, text, melody, segment_seconds)
+            self.model = MusicGen.build(codec, lm, text, melody, segment_seconds, released_layout)
         self.hparams["codec"] = codec.config.to_dict()  # the checkpoint rebuilds the codec from it
         self.hparams["lm"] = self.model.lm.config.to_dict()
         self.optim = {**OPTIM, **(optim or {})}

@@ -180,11 +180,13 @@ def condition_settings(cfg: dict) -> tuple[dict | None, dict | None]:
             raise UserError(f"the melody conditioner is {spec.get('model')!r}, only chroma_stem")
         chroma = spec["chroma_stem"]
         _require(chroma, "conditioners.self_wav.chroma_stem", "argmax", (True,), False)
-        winlen = 2 ** int(chroma["radix2_exp"])
+        winlen = int(chroma.get("winlen") or 2 ** int(chroma["radix2_exp"]))
+        if int(chroma.get("nfft") or winlen) != winlen:
+            raise UserError("conditioners.self_wav.chroma_stem.nfft differs from its winlen")
         melody = {
             "n_chroma": int(chroma["n_chroma"]),
             "winlen": winlen,
-            "hop": winlen // 4,
+            "hop": int(chroma.get("winhop") or winlen // 4),
             "sample_rate": int(chroma["sample_rate"]),
             # True: the chroma is looped or cropped to a training segment's frames
             "match_len_on_eval": bool(chroma.get("match_len_on_eval", True)),

@@ -177,12 +177,17 @@ def _load_projection(linear: torch.nn.Linear, state: dict[str, torch.Tensor] | N
 
 
 def released_conditions(
-    hf_model: Any, projections: dict[str, dict[str, torch.Tensor]], tokenizer: object
+    hf_model: Any,
+    projections: dict[str, dict[str, torch.Tensor]],
+    tokenizer: object,
+    chroma: dict | None = None,
 ) -> ConditionProvider:
     """The condition provider of a ``Musicgen(Melody)ForConditionalGeneration``: its T5 encoder
     with ``tokenizer`` (no truncation below the tokenizer's limit) through the converted
     projection; for melody also the chroma on ``chroma_length`` frames, in the released layout
-    (melody then text, all attended); for text-only, the text with its padding masked."""
+    (melody then text, all attended); for text-only, the text with its padding masked.
+    ``chroma``: the window and hop (``winlen``, ``hop``) of the folder's feature extractor
+    (default: the released 2^14 and 2^12)."""
     config, dim = hf_model.config, int(hf_model.config.decoder.hidden_size)
     text = TextConditioner(
         dim,
@@ -198,6 +203,7 @@ def released_conditions(
         sample_rate=int(config.audio_encoder.sampling_rate),
         n_chroma=int(config.num_chroma),
         duration_frames=int(config.chroma_length),
+        **(chroma or {}),
     )
     _load_projection(melody.proj, projections.get("melody"))
     return ConditionProvider(text, melody, released_layout=True)
@@ -256,8 +262,27 @@ def load_hf_musicgen(folder: str | Path, device: str = "cpu") -> HFMusicgen:
     conditions = None
     if config.model_type not in DECODER_TYPES and _has_tokenizer(path):
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        conditions = released_conditions(hf_model, projections, tokenizer).to(device).eval()
+        chroma = _chroma_settings(path)
+        conditions = released_conditions(hf_model, projections, tokenizer, chroma)
+        conditions = conditions.to(device).eval()
     return HFMusicgen(lm.to(device).eval(), projections, chroma_length, conditions, hf_model)
+
+
+def _chroma_settings(path: Path) -> dict | None:
+    """``{winlen, hop}`` of the folder's ``MusicgenMelodyFeatureExtractor`` config
+    (``preprocessor_config.json``: ``n_fft``, ``hop_length``), None without one."""
+    import json
+
+    file = path / "preprocessor_config.json"
+    if not file.is_file():
+        return None
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {file}: {err}") from None
+    if not isinstance(config, dict) or "n_fft" not in config:
+        return None
+    return {"winlen": int(config["n_fft"]), "hop": int(config.get("hop_length", 4096))}
 
 
 def _has_tokenizer(path: Path) -> bool:
