@@ -35,17 +35,16 @@ from musicgen.transcription.model import MT3Config, MT3Model
 from musicgen.transcription.segments import (
     HOP_LENGTH,
     SAMPLE_RATE,
-    SEGMENT_FRAMES,
-    SEGMENT_SAMPLES,
     crop_tokens,
     notes_to_segment_tokens,
 )
-from musicgen.transcription.transcriber import transcribe_track
+from musicgen.transcription.transcriber import MODEL_TYPES, transcribe_track
 from musicgen.transcription.vocabulary import (
     GRANULARITIES,
     MAX_SHIFT_STEPS,
     PAD_ID,
     STEPS_PER_SECOND,
+    Granularity,
     token,
 )
 from solvers.reduction import gather_objects, log_reduced, sync_buffers_for_validation
@@ -78,6 +77,28 @@ PAPER_NOTE = (
     "MT3 numbers: arXiv 2111.03017 (the ar5iv rendering of the paper), Table 2 (MT3 trained on "
     "that dataset alone / on the mixture of six datasets) and Table 3 (mixture model). "
     "MT3 reports no drum F1. Ours: mean over the evaluated tracks."
+)
+# The piano model (model_type ismir2021): Hawthorne et al. 2021, "Sequence-to-Sequence Piano
+# Transcription with Transformers" (arXiv 2107.09142), MAESTRO v3 test split. Its published
+# numbers are left empty: no copy of the paper's text could be read here, and the secondary
+# quotes found disagree with each other (see PIANO_NOTE); fill them in from the paper.
+PAPER_PIANO: dict[str, float | None] = {
+    "onset_f1": None,
+    "onset_offset_f1": None,
+    "onset_offset_velocity_f1": None,
+}
+PIANO_ROWS = {
+    "onset_f1": "Onset F1",
+    "onset_offset_f1": "Onset+Offset F1",
+    "onset_offset_velocity_f1": "Onset+Offset+Velocity F1",
+}
+PIANO_NOTE = (
+    "Layout of Hawthorne et al. 2021 (arXiv 2107.09142): note F1 by onset, onset and offset, "
+    "onset, offset and velocity (mir_eval; velocity via mir_eval.transcription_velocity). "
+    "The paper's MAESTRO v3 test numbers are not filled in: the paper's table could not be "
+    "read from a primary source when this table was written (a magenta/mt3 issue, #115, and "
+    "a lecture transcription quote different onset F1 values), so none is shown rather than "
+    "an unchecked one. Ours: mean over the evaluated tracks."
 )
 
 
@@ -160,13 +181,21 @@ class MT3Solver(L.LightningModule):
     pitches (:func:`crop_rolls`), binary cross-entropy times the weight; the head is used in
     training only and is not part of the transcription model;
     ``constrained_decoding`` decodes validation and test pieces with MT3's token grammar
-    (:mod:`musicgen.transcription.grammar`) instead of plain greedy."""
+    (:mod:`musicgen.transcription.grammar`) instead of plain greedy (``mt3`` model type only).
+
+    ``model_type`` (:data:`~musicgen.transcription.transcriber.MODEL_TYPES`) sets the
+    vocabulary, segment length, ties and default ``granularity``, as magenta/mt3's
+    ``gin/mt3.gin`` and ``gin/ismir2021.gin``: ``mt3`` (256 frames, ties, 1 velocity bin, full
+    programs) or ``ismir2021``, the piano model of Hawthorne et al. 2021 (512 frames, no ties,
+    127 velocity bins, flat programs, vocabulary 1664), whose evaluation tables are the paper's
+    piano layout (:meth:`evaluation_tables`). The model's ``vocab_size`` follows the type unless
+    given."""
 
     def __init__(
         self,
         model: dict,
         optim: dict,
-        granularity: str = "full",
+        granularity: str | None = None,
         z_loss: float = 1e-4,
         max_target_length: int = 1024,
         max_decode_length: int = 1024,
@@ -176,8 +205,15 @@ class MT3Solver(L.LightningModule):
         roll_loss_weight: float = 0.0,
         constrained_decoding: bool = False,
         dataset_name: str = "",
+        model_type: str = "mt3",
     ) -> None:
         super().__init__()
+        if model_type not in MODEL_TYPES:
+            raise UserError(
+                f"solver model_type {model_type!r} is unknown: use one of {sorted(MODEL_TYPES)}"
+            )
+        self.model_type = MODEL_TYPES[model_type]
+        granularity = self.model_type.granularity if granularity is None else granularity
         if granularity not in GRANULARITIES:
             raise UserError(
                 f"solver granularity {granularity!r} is unknown: use one of {GRANULARITIES}"
@@ -186,8 +222,21 @@ class MT3Solver(L.LightningModule):
             raise UserError(
                 f"solver optim.name {optim.get('name')!r} is unknown: use adafactor or adamw"
             )
+        if constrained_decoding and model_type != "mt3":
+            raise UserError(
+                f"solver constrained_decoding needs MT3's vocabulary, not model_type {model_type}: "
+                "set solver.module.constrained_decoding=false"
+            )
         self.save_hyperparameters()
-        self.model = MT3Model(MT3Config.from_dict(model))
+        self.granularity: Granularity = granularity
+        self.segment_samples = self.model_type.segment_frames * HOP_LENGTH
+        vocab = {"vocab_size": self.model_type.codec.vocab_size}
+        self.model = MT3Model(MT3Config.from_dict({**vocab, **model}))
+        if self.model.config.vocab_size < vocab["vocab_size"]:
+            raise UserError(
+                f"solver model.vocab_size={self.model.config.vocab_size} is smaller than the "
+                f"{vocab['vocab_size']} ids of model_type {model_type}: leave it out"
+            )
         if shift_position_init:
             init_shifts_from_positions(self.model)
         self.roll_head = (
@@ -208,8 +257,11 @@ class MT3Solver(L.LightningModule):
         seconds, ``num_samples`` long) and how many were skipped: a target longer than
         ``max_target_length`` is left all PAD (no loss) rather than cut, as MT3 refuses them."""
         seconds = num_samples / SAMPLE_RATE
+        kind = self.model_type
         rows = [
-            crop_tokens(n.cpu().numpy(), start, start + seconds, self.hparams.granularity)
+            crop_tokens(
+                n.cpu().numpy(), start, start + seconds, self.granularity, kind.codec, kind.ties
+            )
             for n, start in zip(notes, starts.tolist(), strict=True)
         ]
         kept = [row for row in rows if len(row) <= self.hparams.max_target_length]
@@ -245,13 +297,14 @@ class MT3Solver(L.LightningModule):
         return (per_token * mask).sum() / count + roll_loss, accuracy
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        audio = fit_length(batch["audio"].mean(dim=1), SEGMENT_SAMPLES)
-        targets, skipped = self._targets(batch["notes"], batch["start"], SEGMENT_SAMPLES)
+        audio = fit_length(batch["audio"].mean(dim=1), self.segment_samples)
+        targets, skipped = self._targets(batch["notes"], batch["start"], self.segment_samples)
         rolls = None
         if self.roll_head is not None:
+            frames = self.model_type.segment_frames
             rolls = torch.stack(
                 [
-                    torch.from_numpy(crop_rolls(n.cpu().numpy(), start, SEGMENT_FRAMES))
+                    torch.from_numpy(crop_rolls(n.cpu().numpy(), start, frames))
                     for n, start in zip(batch["notes"], batch["start"].tolist(), strict=True)
                 ]
             ).to(self.device)
@@ -271,8 +324,11 @@ class MT3Solver(L.LightningModule):
         return loss
 
     def _piece_loss(self, samples: torch.Tensor, notes: np.ndarray) -> torch.Tensor:
-        segments, frames = split_track(samples)
-        targets = notes_to_segment_tokens(notes, len(segments), self.hparams.granularity)
+        kind = self.model_type
+        segments, frames = split_track(samples, kind.segment_frames)
+        targets = notes_to_segment_tokens(
+            notes, len(segments), self.granularity, kind.segment_frames, kind.codec, kind.ties
+        )
         losses, size = [], self.hparams.decode_batch_size
         for start in range(0, len(segments), size):
             chunk = [
@@ -295,7 +351,8 @@ class MT3Solver(L.LightningModule):
                 samples,
                 self.hparams.decode_batch_size,
                 self.hparams.max_decode_length,
-                grammar=self.hparams.granularity if self.hparams.constrained_decoding else None,
+                grammar=self.granularity if self.hparams.constrained_decoding else None,
+                model_type=self.model_type,
             )
             self._tracks[stage].append(
                 {
@@ -358,8 +415,11 @@ class MT3Solver(L.LightningModule):
 
     def evaluation_tables(self) -> list[Table]:
         """The MT3 paper's Table 2 and Table 3 layouts for the evaluated dataset, with MT3's
-        published numbers beside ours (empty where MT3 did not evaluate this dataset)."""
+        published numbers beside ours (empty where MT3 did not evaluate this dataset); for the
+        piano model (``ismir2021``), the 2021 paper's piano table and MT3's Table 2 instead."""
         name = self.hparams.dataset_name
+        if self.model_type.name == "ismir2021":
+            return self._piano_tables(name)
         paper2, paper3 = PAPER_TABLE2.get(name, {}), PAPER_TABLE3.get(name, {})
         table2 = [
             {
@@ -386,6 +446,50 @@ class MT3Solver(L.LightningModule):
             Table("mt3_table2", f"Transcription F1 on {where} (MT3 Table 2 layout)", table2, note),
             Table(
                 "mt3_table3", f"Multi-instrument F1 on {where} (MT3 Table 3 layout)", table3, note
+            ),
+        ]
+        return tables + self._track_tables(where)
+
+    def _piano_tables(self, name: str) -> list[Table]:
+        """The 2021 piano paper's layout (its MAESTRO v3 numbers beside ours, MAESTRO only),
+        MT3's Table 2 for the same dataset and the per-track table."""
+        where = f"{PAPER_NAMES[name]} ({name})" if name in PAPER_NAMES else name
+        paper = PAPER_PIANO if name == "maestro" else {}
+        rows = [
+            {
+                "metric": label,
+                "Hawthorne et al. 2021": paper.get(key),
+                "ours": self.test_scores.get(key),
+            }
+            for key, label in PIANO_ROWS.items()
+        ]
+        note = (
+            PIANO_NOTE
+            if name == "maestro"
+            else f"{PIANO_NOTE} The paper evaluated MAESTRO, not {name}."
+        )
+        paper2 = PAPER_TABLE2.get(name, {})
+        table2 = [
+            {
+                "metric": label,
+                "MT3 (single dataset)": paper2.get(key, (None, None))[0],
+                "MT3 (mixture)": paper2.get(key, (None, None))[1],
+                "ours": self.test_scores.get(key),
+            }
+            for key, label in TABLE2_ROWS.items()
+        ]
+        tables = [
+            Table(
+                "piano_table",
+                f"Piano transcription F1 on {where} (Hawthorne et al. 2021 layout)",
+                rows,
+                note,
+            ),
+            Table(
+                "mt3_table2",
+                f"Transcription F1 on {where} (MT3 Table 2 layout)",
+                table2,
+                PAPER_NOTE,
             ),
         ]
         return tables + self._track_tables(where)

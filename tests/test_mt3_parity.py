@@ -20,6 +20,7 @@ from data.decode import cut_notes
 from musicgen.transcription import (
     EOS_ID,
     GRANULARITIES,
+    bin_to_velocity,
     crop_tokens,
     segment_origin_times,
     segment_tokens,
@@ -28,12 +29,15 @@ from musicgen.transcription import (
     token_name,
     tokens_to_notes,
     trim_overlapping_notes,
+    velocity_to_bin,
 )
+from musicgen.transcription.transcriber import MODEL_TYPES
 from tests.fixtures import mt3_reference as ref
 from tests.fixtures import mt3_source
 
 FRAME = 128  # samples per frame at 16 kHz
 RATE = 16_000
+PIANO = MODEL_TYPES["ismir2021"]  # 127 velocity bins, no ties, flat programs, 512 frames
 
 
 def notes(*rows: tuple[float, ...]) -> np.ndarray:
@@ -43,10 +47,27 @@ def notes(*rows: tuple[float, ...]) -> np.ndarray:
     return out
 
 
-def ours(track: np.ndarray, a: int, b: int, granularity: str = "full") -> list[int]:
-    """Our target of frames ``[a, b)``: the crop as the data pipeline cuts it, then tokenized."""
+def ours(
+    track: np.ndarray, a: int, b: int, granularity: str = "full", piano: bool = False
+) -> list[int]:
+    """Our target of frames ``[a, b)``: the crop as the data pipeline cuts it, then tokenized
+    (with the piano model's codec and no ties when ``piano``)."""
     crop = cut_notes(track, a * FRAME, (b - a) * FRAME, RATE, "random")
-    return crop_tokens(crop, a * FRAME / RATE, b * FRAME / RATE, granularity).tolist()
+    kind = PIANO if piano else MODEL_TYPES["mt3"]
+    start, end = a * FRAME / RATE, b * FRAME / RATE
+    return crop_tokens(crop, start, end, granularity, kind.codec, kind.ties).tolist()
+
+
+def piano_names(tokens: list[int]) -> list[str]:
+    """Readable names of the piano codec's model ids."""
+    out = []
+    for t in tokens:
+        if t == EOS_ID:
+            out.append("EOS")
+            continue
+        kind, value = PIANO.codec.decode_event(t - 3)
+        out.append(kind if kind == "tie" else f"{kind} {value}")
+    return out
 
 
 def mt3(
@@ -290,3 +311,106 @@ def test_deviation_c_exact_segment_origins_at_inference() -> None:
     assert origins[:6].tolist() == [0.0, 2.04, 4.09, 6.14, 8.19, 10.24]
     early = [i for i in range(16) if origins[i] - theirs[i] > 0.005]
     assert early == [5, 10, 15]
+
+
+# --- the piano model (ISMIR 2021: 127 velocity bins, no ties, flat programs) -------------------
+
+PIANO_CASES = {
+    "a note inside the crop: its velocity is its bin": (
+        notes((0.5, 3.0, 60, 70, 0, 0)),
+        0,
+        ["shift 50", "velocity 70", "pitch 60", "shift 300", "velocity 0", "pitch 60", "EOS"],
+    ),
+    "a note begun before the crop: no tie section, just its offset": (
+        notes((0.5, 3.0, 60, 70, 0, 0)),
+        250,
+        ["shift 100", "velocity 0", "pitch 60", "EOS"],
+    ),
+    "programs are dropped after ordering (program 0 before 33), repeated velocities too": (
+        notes((1.0, 1.5, 60, 90, 33, 0), (1.0, 1.5, 64, 90, 0, 0), (1.2, 1.3, 67, 1, 0, 0)),
+        0,
+        [
+            "shift 100", "velocity 90", "pitch 64", "pitch 60",
+            "shift 120", "velocity 1", "pitch 67",
+            "shift 130", "velocity 0", "pitch 67",
+            "shift 150", "pitch 64", "pitch 60", "EOS",
+        ],
+    ),
+}  # fmt: skip
+
+
+def piano_reference(track: np.ndarray, a: int, b: int, n_frames: int) -> list[int]:
+    stream = ref.encode(ref.trim(ref.rows(track)), n_frames, velocity_bins=127)
+    return ref.chunk_target(stream, a, b, n_frames, "flat", PIANO.codec, ties=False)
+
+
+@pytest.mark.parametrize("case", PIANO_CASES)
+def test_piano_targets(case: str) -> None:
+    track, frame, expected = PIANO_CASES[case]
+    end = frame + PIANO.segment_frames
+    assert piano_names(ours(track, frame, end, "flat", piano=True)) == expected
+    assert piano_names(piano_reference(track, frame, end, 2000)) == expected
+
+
+def test_velocity_bins_follow_mt3() -> None:
+    """MT3's ``velocity_to_bin``: ``ceil(bins * v / 127)``, 0 only for velocity 0; with 127
+    bins a bin is the velocity itself and decodes back to it."""
+    assert [velocity_to_bin(v, 127) for v in range(128)] == list(range(128))
+    assert [velocity_to_bin(v, 1) for v in range(128)] == [0] + [1] * 127
+    assert [bin_to_velocity(b, 127) for b in range(128)] == list(range(128))
+    assert bin_to_velocity(1, 1) == 127
+    assert [velocity_to_bin(v, 4) for v in (1, 31, 32, 33, 127)] == [1, 1, 2, 2, 4]
+
+
+def test_random_piano_crops_match_mt3() -> None:
+    """Random 512-frame (and 1-3 frame) crops: ours equal the re-derivation of MT3's chain
+    with 127 velocity bins and no ties (no stale tie state to step around here)."""
+    rng = np.random.default_rng(21)
+    n_frames = 1500
+    compared = 0
+    for _ in range(25):
+        track = random_track(rng)
+        stream = ref.encode(ref.trim(ref.rows(track)), n_frames, velocity_bins=127)
+        for _ in range(30):
+            a = int(rng.integers(0, n_frames - 1))
+            b = min(a + (512 if rng.random() < 0.9 else int(rng.integers(1, 4))), n_frames)
+            expected = ref.chunk_target(stream, a, b, n_frames, "flat", PIANO.codec, ties=False)
+            assert ours(track, a, b, "flat", piano=True) == expected, (track, a, b)
+            compared += 1
+    assert compared == 750
+
+
+@pytest.mark.skipif(
+    not MT3_SOURCE, reason="set MT3_SOURCE to a magenta/mt3 checkout to run MT3's own code"
+)
+def test_piano_crops_match_mt3s_own_code() -> None:
+    """MT3's own chain for the piano task (127 bins, no state events, flat) equals ours, and
+    its ``velocity_to_bin`` / ``bin_to_velocity`` equal ours for every velocity."""
+    mt3_modules = mt3_source.load(Path(MT3_SOURCE))
+    for bins in (1, 127):
+        for v in range(128):
+            assert velocity_to_bin(v, bins) == mt3_modules.vocabularies.velocity_to_bin(v, bins)
+            assert bin_to_velocity(v % (bins + 1), bins) == (
+                mt3_modules.vocabularies.bin_to_velocity(v % (bins + 1), bins)
+            )
+    for case, (track, frame, expected) in PIANO_CASES.items():
+        (target,) = mt3_source.chunk_targets(
+            mt3_modules, track, 2000, [(frame, frame + 512)], "flat", 127, ties=False
+        )
+        assert piano_names(target) == expected, case
+    rng = np.random.default_rng(22)
+    n_frames = 1500
+    compared = 0
+    for _ in range(20):
+        track = random_track(rng)
+        chunks = []
+        for _ in range(30):
+            a = int(rng.integers(0, n_frames - 1))
+            chunks.append((a, min(a + (512 if rng.random() < 0.9 else 3), n_frames)))
+        theirs = mt3_source.chunk_targets(
+            mt3_modules, track, n_frames, chunks, "flat", 127, ties=False
+        )
+        for (a, b), target in zip(chunks, theirs, strict=True):
+            assert ours(track, a, b, "flat", piano=True) == target, (track, a, b)
+            compared += 1
+    assert compared == 600

@@ -68,28 +68,45 @@ def segment_tokens(
     end_sample: int,
     granularity: Granularity = "full",
     sample_rate: int = SAMPLE_RATE,
+    codec: Codec = MT3_CODEC,
+    ties: bool = True,
 ) -> np.ndarray:
     """Training target (model ids ending with ``EOS``) for the audio span
     ``[start_sample, end_sample)`` of a track whose notes are in track time; overlapping notes
-    are trimmed first, as in MT3's training data."""
+    are trimmed first, as in MT3's training data. ``codec``, ``ties``: see
+    :func:`~musicgen.transcription.tokenize.window_tokens`."""
     first, last = origin_step(start_sample, sample_rate), origin_step(end_sample, sample_rate)
-    return window_tokens(trim_overlapping_notes(notes), [first, last], granularity)[0]
+    trimmed = trim_overlapping_notes(notes)
+    return window_tokens(trimmed, [first, last], granularity, codec, ties)[0]
 
 
 def crop_tokens(
-    notes: np.ndarray, start: float, end: float, granularity: Granularity = "full"
+    notes: np.ndarray,
+    start: float,
+    end: float,
+    granularity: Granularity = "full",
+    codec: Codec = MT3_CODEC,
+    ties: bool = True,
 ) -> np.ndarray:
     """Training target of the crop ``[start, end)`` (seconds in the track) from the crop's notes
     in track time, trimmed over the whole track (as :mod:`data.decode` cuts them)."""
-    return window_tokens(notes, [time_step(start), time_step(end)], granularity)[0]
+    bounds = [time_step(start), time_step(end)]
+    return window_tokens(notes, bounds, granularity, codec, ties)[0]
 
 
 def notes_to_segment_tokens(
-    notes: np.ndarray, n_segments: int, granularity: Granularity = "full"
+    notes: np.ndarray,
+    n_segments: int,
+    granularity: Granularity = "full",
+    segment_frames: int = SEGMENT_FRAMES,
+    codec: Codec = MT3_CODEC,
+    ties: bool = True,
 ) -> list[np.ndarray]:
-    """Targets for the first ``n_segments`` consecutive segments of a track (notes in track time)."""
-    origins = [origin_step(s) for s in segment_start_samples(n_segments + 1)]
-    return window_tokens(trim_overlapping_notes(notes), origins, granularity)
+    """Targets for the first ``n_segments`` consecutive segments of ``segment_frames`` frames
+    of a track (notes in track time)."""
+    starts = segment_start_samples(n_segments + 1, segment_frames)
+    origins = [origin_step(s) for s in starts]
+    return window_tokens(trim_overlapping_notes(notes), origins, granularity, codec, ties)
 
 
 def stitch_segments(

@@ -7,12 +7,16 @@ Encoding follows MT3's ``note_sequences`` + ``run_length_encoding`` chain:
   stable sort on the unrounded event time puts them in time order, so at equal times offsets
   come before onsets and pitched onsets before drum hits. Each event's step is its time
   rounded to 10 ms (``t * 100`` half to even).
-* A pitched onset is ``program, velocity 1, pitch``; an offset ``program, velocity 0, pitch``;
-  a drum hit ``velocity 1, drum`` (drums have no offsets).
+* A pitched onset is ``program, velocity b, pitch``; an offset ``program, velocity 0, pitch``;
+  a drum hit ``velocity b, drum`` (drums have no offsets). ``b`` is the onset's velocity bin
+  under the codec (MT3's ``velocity_to_bin``): 1 for MT3's single bin, the MIDI velocity itself
+  for the piano model's 127 bins.
 * A segment ``[first, last)`` (in steps) holds the events whose step lies in it, after a tie
   section: one ``program, pitch`` pair per (program, pitch) sounding at step ``first`` (its
   onset step before ``first``, its offset step not), sorted by program then pitch, then
   ``tie``. Shifts count steps from ``first``.
+* Without ties (the ISMIR 2021 piano model) a segment has no tie section; the offsets of notes
+  that began before it are in it like any other event.
 * Program tokens are mapped to the granularity (``flat`` drops them), then program and
   velocity tokens that repeat the current state are removed (state carried through the segment,
   tie section included), and each run of time steps becomes one ``shift`` holding the absolute
@@ -63,7 +67,6 @@ from musicgen.transcription.vocabulary import (
     Granularity,
     bin_to_velocity,
     map_program,
-    token,
     velocity_to_bin,
 )
 
@@ -92,14 +95,19 @@ def _event_order(notes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return index[order], is_offset[order], steps
 
 
-def _note_events(note: np.ndarray, is_offset: bool) -> list[Event]:
+def _note_events(note: np.ndarray, is_offset: bool, num_velocity_bins: int) -> list[Event]:
     pitch, program = int(note[PITCH]), int(note[PROGRAM])
     if is_offset:
         return [("program", program), ("velocity", 0), ("pitch", pitch)]
-    velocity = ("velocity", max(1, velocity_to_bin(int(note[VELOCITY]))))  # onsets never bin 0
+    bin_ = velocity_to_bin(int(note[VELOCITY]), num_velocity_bins)
+    velocity = ("velocity", max(1, bin_))  # onsets never bin 0
     if note[IS_DRUM] > 0:
         return [velocity, ("drum", pitch)]
     return [("program", program), velocity, ("pitch", pitch)]
+
+
+def _model_id(codec: Codec, event_type: str, value: int) -> int:
+    return codec.encode_event(event_type, value) + NUM_SPECIAL_IDS
 
 
 def _tie_section(sounding: Iterable[tuple[int, int]]) -> list[Event]:
@@ -110,9 +118,11 @@ def _tie_section(sounding: Iterable[tuple[int, int]]) -> list[Event]:
     return [*pairs, ("tie", 0)]
 
 
-def _encode(stream: list[tuple[int, Event]], granularity: Granularity) -> np.ndarray:
-    """Model ids for (step from the segment start, event) pairs in order: programs mapped,
-    redundant state changes removed, run-length shifts, ``EOS``."""
+def _encode(
+    stream: list[tuple[int, Event]], granularity: Granularity, codec: Codec = MT3_CODEC
+) -> np.ndarray:
+    """Model ids (of ``codec``) for (step from the segment start, event) pairs in order:
+    programs mapped, redundant state changes removed, run-length shifts, ``EOS``."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown program granularity {granularity!r}; use one of {GRANULARITIES}")
     out: list[int] = []
@@ -130,23 +140,30 @@ def _encode(stream: list[tuple[int, Event]], granularity: Granularity) -> np.nda
         if step > emitted_step:
             remaining = step
             while remaining > 0:
-                out.append(token("shift", min(remaining, MAX_SHIFT_STEPS)))
+                out.append(_model_id(codec, "shift", min(remaining, MAX_SHIFT_STEPS)))
                 remaining -= MAX_SHIFT_STEPS
             emitted_step = step
-        out.append(token(kind, value))
+        out.append(_model_id(codec, kind, value))
     out.append(EOS_ID)
     return np.asarray(out, dtype=np.int64)
 
 
 def window_tokens(
-    notes: np.ndarray, bounds: Sequence[int], granularity: Granularity = "full"
+    notes: np.ndarray,
+    bounds: Sequence[int],
+    granularity: Granularity = "full",
+    codec: Codec = MT3_CODEC,
+    ties: bool = True,
 ) -> list[np.ndarray]:
     """Model ids (each ending with ``EOS``) of the consecutive windows ``[bounds[i],
     bounds[i + 1])`` (10 ms steps, increasing) of a track whose notes are in track time.
 
     The notes must not overlap on the same (program, pitch), as after
     :func:`musicgen.notes.trim_overlapping_notes` over the whole track; notes whose events all
-    lie before a window only matter through the tie state. Flags are ignored.
+    lie before a window only matter through the tie state. Flags are ignored. ``codec``: the
+    vocabulary (its velocity bins quantise onsets); ``ties=False`` leaves out the tie section,
+    as MT3's ``NoteEncodingSpec`` (the ISMIR 2021 piano model) does: a window then starts
+    straight with its events, the offsets of notes begun before it included.
     """
     notes = _note_array(notes)
     index, is_offset, steps = _event_order(notes)
@@ -160,13 +177,13 @@ def window_tokens(
                 key = (int(notes[i, PROGRAM]), int(notes[i, PITCH]))
                 (sounding.discard if off else sounding.add)(key)
         walked = max(walked, begin)
-        stream = [(0, ev) for ev in _tie_section(sounding)]
+        stream = [(0, ev) for ev in _tie_section(sounding)] if ties else []
         stream += [
             (int(steps[j]) - first, ev)
             for j in range(begin, stop)
-            for ev in _note_events(notes[index[j]], bool(is_offset[j]))
+            for ev in _note_events(notes[index[j]], bool(is_offset[j]), codec.num_velocity_bins)
         ]
-        out.append(_encode(stream, granularity))
+        out.append(_encode(stream, granularity, codec))
     return out
 
 
@@ -188,7 +205,7 @@ def notes_to_tokens(notes: np.ndarray, granularity: Granularity = "full") -> np.
     stream += [
         (int(step), ev)
         for i, off, step in zip(index[keep], is_offset[keep], steps[keep], strict=True)
-        for ev in _note_events(notes[i], bool(off))
+        for ev in _note_events(notes[i], bool(off), MT3_CODEC.num_velocity_bins)
     ]
     return _encode(stream, granularity)
 
@@ -324,9 +341,12 @@ def tokens_to_notes(
     start_time: float = 0.0,
     max_time: float | None = None,
     end_time: float | None = None,
+    codec: Codec = MT3_CODEC,
+    ties: bool = True,
 ) -> DecodedNotes:
     """Decode one segment's model ids into a note array (times in seconds, shifted by
-    ``start_time``). See :class:`NoteDecoder` for ``max_time`` and ``end_time``."""
-    decoder = NoteDecoder()
+    ``start_time``). See :class:`NoteDecoder` for ``max_time``, ``end_time``, ``codec`` and
+    ``ties``."""
+    decoder = NoteDecoder(codec, ties)
     decoder.decode_segment(tokens, start_time, max_time)
     return DecodedNotes(decoder.finish(end_time), decoder.invalid, decoder.dropped)

@@ -115,7 +115,9 @@ def _load_ckpt(path: Path) -> MT3Model:
     state = load_lightning_checkpoint(path, fix="pass a .ckpt of train.py solver=mt3")
     check_solver(state, path, ("mt3",))
     try:
-        cfg = MT3Config.from_dict(state["hyper_parameters"]["model"])
+        hparams = state["hyper_parameters"]
+        kind = MODEL_TYPES[hparams.get("model_type", "mt3")]
+        cfg = MT3Config.from_dict({"vocab_size": kind.codec.vocab_size, **hparams["model"]})
         weights = {
             k[len(SOLVER_PREFIX) :]: v
             for k, v in state["state_dict"].items()
