@@ -24,6 +24,7 @@ from tqdm import tqdm
 from musicgen.lm.config import LMConfig
 from musicgen.lm.loss import IGNORE, heads_cross_entropy
 from musicgen.lm.pattern import DelayPattern
+from musicgen.lm.precision import generation_copy, precision_context
 from musicgen.lm.sampling import sample_next
 from musicgen.lm.transformer import (
     KVCache,
@@ -67,6 +68,7 @@ class MusicLM(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
         self.out_norm = nn.LayerNorm(cfg.dim) if cfg.norm_first else nn.Identity()
         self.heads = nn.Linear(cfg.dim, cfg.n_q * cfg.card, bias=cfg.bias)
+        self.precision = "float32"  # of the linear layers; see for_generation
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -202,6 +204,16 @@ class MusicLM(nn.Module):
         return LMLoss(loss, ce_per_codebook, ce_per_codebook.exp())
 
     # --------------------------------------------------------------- generation
+    def for_generation(self, precision: str = "float32") -> MusicLM:
+        """A copy for :meth:`generate` whose linear layers run in ``precision`` (``float32``,
+        ``bfloat16`` or ``int8``): faster decoding on CPU, slightly different logits; see
+        :mod:`musicgen.lm.precision`."""
+        return generation_copy(self, precision)
+
+    def precision_context(self):
+        """The autocast context this model's linear layers need (bf16 copies)."""
+        return precision_context(self.precision, self.emb.device)
+
     @torch.no_grad()
     def generate(
         self,
@@ -249,21 +261,22 @@ class MusicLM(nn.Module):
             prepended = 0 if prefix is None or self.config.cross_attention else prefix.shape[1]
             cache = KVCache(prepended + seq.shape[2] - 1)
         steps = range(int(todo[0]), seq.shape[2])
-        for step in tqdm(steps, disable=not progress, desc="generating", unit="step"):
-            first = cache is None or cache.length == 0
-            inputs = seq[:, :, :step] if first else seq[:, :, step - 1 : step]
-            if use_cfg:
-                inputs = torch.cat([inputs, inputs])
-            hidden = self._hidden(
-                inputs, prefix if first else None, prefix_mask if first else None, cache, True
-            )
-            logits = self._logits(hidden)
-            if use_cfg:
-                cond, null = logits.float().chunk(2)
-                logits = null + cfg_coef * (cond - null)
-            tokens = sample_next(logits, temperature, top_k, top_p, generator)
-            column = seq[:, :, step]
-            seq[:, :, step] = torch.where(column == UNKNOWN, tokens, column)
+        with self.precision_context():
+            for step in tqdm(steps, disable=not progress, desc="generating", unit="step"):
+                first = cache is None or cache.length == 0
+                inputs = seq[:, :, :step] if first else seq[:, :, step - 1 : step]
+                if use_cfg:
+                    inputs = torch.cat([inputs, inputs])
+                hidden = self._hidden(
+                    inputs, prefix if first else None, prefix_mask if first else None, cache, True
+                )
+                logits = self._logits(hidden)
+                if use_cfg:
+                    cond, null = logits.float().chunk(2)
+                    logits = null + cfg_coef * (cond - null)
+                tokens = sample_next(logits, temperature, top_k, top_p, generator)
+                column = seq[:, :, step]
+                seq[:, :, step] = torch.where(column == UNKNOWN, tokens, column)
         return self.pattern.revert(seq, self.special)[0]
 
     def _batch_size(

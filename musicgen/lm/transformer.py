@@ -153,11 +153,34 @@ class CrossAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
+    def _project(self, x: torch.Tensor, part: str) -> torch.Tensor:
+        """The ``query`` or ``key_value`` rows of ``in_proj`` applied to ``x`` (the layers of
+        those names after :meth:`split_projections`)."""
+        if "in_proj" not in self._modules:
+            return getattr(self, part)(x)
+        dim = x.shape[-1]
+        rows = slice(None, dim) if part == "query" else slice(dim, None)
+        bias = None if self.in_proj.bias is None else self.in_proj.bias[rows]
+        return F.linear(x, self.in_proj.weight[rows], bias)
+
+    def split_projections(self) -> None:
+        """Replace the packed ``in_proj`` by two ``nn.Linear``, ``query`` and ``key_value``
+        (same weights), so that conversions acting on whole linear layers (bf16 weights, dynamic
+        int8 quantization) apply to each; for generation copies (the parameter names change)."""
+        packed, dim = self.in_proj, self.in_proj.in_features
+        bias = packed.bias is not None
+        self.query = nn.Linear(dim, dim, bias=bias)
+        self.key_value = nn.Linear(dim, 2 * dim, bias=bias)
+        with torch.no_grad():
+            for layer, rows in ((self.query, slice(None, dim)), (self.key_value, slice(dim, None))):
+                layer.weight.copy_(packed.weight[rows])
+                if bias:
+                    layer.bias.copy_(packed.bias[rows])
+        del self.in_proj
+
     def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``(B, H, P, head_dim)`` of the conditions ``source (B, P, dim)``."""
-        dim = source.shape[-1]
-        bias = None if self.in_proj.bias is None else self.in_proj.bias[dim:]
-        keys, values = F.linear(source, self.in_proj.weight[dim:], bias).chunk(2, dim=-1)
+        keys, values = self._project(source, "key_value").chunk(2, dim=-1)
         return self._heads(keys), self._heads(values)
 
     def forward(
@@ -168,9 +191,7 @@ class CrossAttention(nn.Module):
     ) -> torch.Tensor:
         """``x (B, n, dim)`` attends to :meth:`keys_values`; ``mask`` from
         :func:`cross_attention_mask`."""
-        dim = x.shape[-1]
-        bias = None if self.in_proj.bias is None else self.in_proj.bias[:dim]
-        query = self._heads(F.linear(x, self.in_proj.weight[:dim], bias))
+        query = self._heads(self._project(x, "query"))
         out = F.scaled_dot_product_attention(
             query,
             *keys_values,
