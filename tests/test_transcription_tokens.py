@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, crop_notes
+from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, VELOCITY, crop_notes
 from musicgen.transcription import (
     EOS_ID,
     NUM_CODEC_IDS,
@@ -31,6 +31,7 @@ from musicgen.transcription import (
     trim_overlapping_notes,
     velocity_to_bin,
 )
+from musicgen.transcription.transcriber import MODEL_TYPES
 
 
 def notes(*rows: tuple[float, ...]) -> np.ndarray:
@@ -289,3 +290,38 @@ def test_round_trip_multi_instrument_exact_to_10_ms() -> None:
         cols = [START, END, PITCH, PROGRAM, IS_DRUM]
         np.testing.assert_allclose(decoded.notes[:, cols], expected[:, cols], atol=1e-9)
         assert np.abs(decoded.notes[:, START] - track[order, START]).max() <= 0.005 + 1e-9
+
+
+def test_piano_round_trip_keeps_velocities_without_ties() -> None:
+    """The piano model's encoding (127 velocity bins, no tie section, 512-frame segments) and
+    decoding: notes spanning segments carry on through the decoder's state, and every note
+    comes back on the 10 ms grid with its MIDI velocity."""
+    piano = MODEL_TYPES["ismir2021"]
+    rng = np.random.default_rng(1)
+    rows = []
+    for pitch in (48, 60, 64, 67, 72):
+        t = rng.uniform(0, 0.3)
+        while t < 11.0:
+            length = rng.uniform(0.05, 5.0)  # some notes span a 4.096 s segment boundary
+            rows.append((t, t + length, pitch, rng.integers(1, 128), 0, 0))
+            t += length + rng.uniform(0.0, 0.4)
+    track = notes(*rows)
+    track = track[track[:, END] < 12.2]  # inside the 3 segments (they cover up to 12.288 s)
+    tokens = notes_to_segment_tokens(
+        track, 3, "flat", piano.segment_frames, piano.codec, piano.ties
+    )
+    tie = piano.codec.encode_event("tie", 0) + 3
+    assert all(tie not in t.tolist() and t[-1] == EOS_ID for t in tokens)
+    origins = segment_origin_times(3, piano.segment_frames)
+    assert origins.tolist() == [0.0, 4.09, 8.19]
+    decoded = stitch_segments(tokens, origins, codec=piano.codec, ties=False)
+    assert (decoded.invalid, decoded.dropped) == (0, 0)
+    expected = track.copy()
+    expected[:, [START, END]] = np.rint(expected[:, [START, END]] * 100) / 100
+    expected = expected[np.lexsort([expected[:, c] for c in (PITCH, START)])]
+    assert any(s < 4.09 < e for s, e in expected[:, [START, END]])  # crosses a boundary
+    cols = [START, END, PITCH, VELOCITY]
+    np.testing.assert_allclose(decoded.notes[:, cols], expected[:, cols], atol=1e-9)
+    # MT3's vocabulary (1 bin) keeps only note-on/off: every onset decodes at velocity 127
+    mt3 = stitch_segments(notes_to_segment_tokens(track, 3, "flat"))
+    assert set(mt3.notes[:, VELOCITY]) == {127}
