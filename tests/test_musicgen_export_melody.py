@@ -225,3 +225,42 @@ def test_export_loads_in_audiocraft(kind, audiocraft, t5_folder, tmp_path):
     again = MusicGen.from_pretrained(tmp_path / "out")  # the T5 folder written beside the files
     again_out = again.lm(seq, *again.condition(CAPTIONS, length, ours_wav))
     assert max_diff(again_out, model.lm(seq, *ours)) == 0
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_solver_with_released_layout_trains_and_exports(t5_folder, tmp_path):
+    """``solver.module.released_layout=true``: the solver's model reads the released prefix (its
+    training loss with condition dropout runs on it), and its checkpoint exports to transformers
+    with the solver model's logits."""
+    from solvers.musicgen import MusicGenSolver
+
+    tiny_codec().save(tmp_path / "codec")
+    settings = hparams(t5_folder, {"stemmer": "none"}, released=True)
+    solver = MusicGenSolver(
+        lm=settings["lm"],
+        codec_checkpoint=str(tmp_path / "codec"),
+        text=settings["text"],
+        melody=settings["melody"],
+        segment_seconds=SECONDS,
+        released_layout=True,
+        ema_decay=None,
+    )
+    model = solver.model.eval()
+    assert model.conditions.released_layout and model.conditions.melody.duration_frames == 16
+    audio = torch.randn(2, 1, 32000, generator=torch.Generator().manual_seed(3))
+    batch = {"audio": audio, "caption": CAPTIONS}
+    drop = (torch.tensor([False, True]), torch.tensor([True, True]))
+    assert torch.isfinite(solver.loss(batch, drop).loss)
+    state = {f"model.{k}": v for k, v in solver.model.state_dict().items()}
+    torch.save({"hyper_parameters": dict(solver.hparams), "state_dict": state}, tmp_path / "x.ckpt")
+    assert main([str(tmp_path / "x.ckpt"), str(tmp_path / "out")]) == 0
+    hf = transformers.MusicgenMelodyForConditionalGeneration.from_pretrained(tmp_path / "out")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt", return_token_type_ids=False)
+    chroma = one_hot_chroma(16, seed=4)
+    codes = torch.randint(0, CARD, (2, 4, 6), generator=torch.Generator().manual_seed(5))
+    seq = model.lm.pattern.build(codes, model.lm.special)[0]
+    out = hf.eval()(**tokens, input_features=chroma, decoder_input_ids=seq.reshape(8, -1))
+    logits = out.logits.view(2, 4, -1, CARD)[:, :, -seq.shape[-1] :]
+    assert max_diff(logits, model.lm(seq, *model.conditions(CAPTIONS, chroma=chroma))) <= 1e-4
