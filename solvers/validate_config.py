@@ -227,6 +227,7 @@ RULES: tuple[Rule, ...] = (
     Rule("solver.module.log_audio_items", "an integer >= 0", integer(0)),
     Rule("solver.module.commitment_weight", "a number >= 0", number(0)),
     Rule("solver.module.opus_baseline", "true or false", is_bool),
+    Rule("solver.module.released_layout", "true or false", is_bool),
     Rule("solver.module.generation.cfg_coef", "a number >= 0", number(0)),
     Rule("solver.module.generation.temperature", "a number > 0", number(0, open_low=True)),
     Rule("solver.module.generation.top_k", "an integer >= 0 (0: off)", integer(0)),

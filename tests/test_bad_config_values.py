@@ -76,6 +76,7 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
     "solver.module.log_audio_items": ("compression", ["-1", "abc"]),
     "solver.module.commitment_weight": ("compression", ["-1", "abc"]),
     "solver.module.opus_baseline": ("compression", ["maybe"]),
+    "solver.module.released_layout": ("musicgen_melody", ["maybe"]),
     "solver.module.generation.cfg_coef": ("musicgen", ["-1", "abc"]),
     "solver.module.generation.temperature": ("musicgen", ["0", "abc"]),
     "solver.module.generation.top_k": ("musicgen", ["-1", "2.5"]),
