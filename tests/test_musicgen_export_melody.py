@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from musicgen.compression import CodecConfig, CompressionModel
+from musicgen.compression.released import StereoCodec
 from musicgen.errors import UserError
-from musicgen.export import main, to_audiocraft, to_transformers
+from musicgen.export import main, to_audiocraft, to_transformers, write
 from musicgen.musicgen_model import MusicGen
 
 transformers = pytest.importorskip("transformers")
@@ -51,10 +52,16 @@ def hparams(t5_folder, melody: dict | None, released: bool, lm: dict | None = No
     }
 
 
-def our_model(settings: dict, seed: int = 8) -> MusicGen:
+def our_model(settings: dict, seed: int = 8, stereo: bool = False) -> MusicGen:
+    """Random weights on ``settings``; ``stereo``: 2 x 4 interleaved codebooks of the codec run
+    on each channel (as the released stereo models)."""
+    codec, lm = tiny_codec(), dict(settings["lm"])
+    if stereo:
+        codec = StereoCodec(codec)
+        lm |= {"n_q": 8, "delays": [k // 2 for k in range(8)]}
     model = MusicGen.build(
-        tiny_codec(),
-        settings["lm"],
+        codec,
+        lm,
         settings["text"],
         settings["melody"],
         settings["segment_seconds"],
@@ -83,22 +90,28 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+@pytest.mark.parametrize("channels", [1, pytest.param(2, marks=pytest.mark.slow)])
 @torch.no_grad()
-def test_melody_model_exports_to_transformers(t5_folder, tmp_path, capsys):
-    """A melody checkpoint (``released_layout``) -> ``python -m musicgen.export`` ->
-    ``MusicgenMelodyForConditionalGeneration``: logits of the conditional and the null rows (as its
-    ``generate`` builds them: zero text states, the one-hot of chroma bin 0), greedy CFG audio, and
-    its feature extractor's chroma; our loader reads the folder back to the same logits."""
+def test_melody_model_exports_to_transformers(channels, t5_folder, tmp_path):
+    """A melody checkpoint (``released_layout``) -> ``python -m musicgen.export`` (a stereo model:
+    :func:`musicgen.export.write`) -> ``MusicgenMelodyForConditionalGeneration``: logits of the
+    conditional and the null rows (as its ``generate`` builds them: zero text states, the one-hot
+    of chroma bin 0), greedy CFG audio, and its feature extractor's chroma; our loader reads the
+    folder back to the same logits."""
     settings = hparams(t5_folder, MELODY, released=True)
-    model = our_model(settings)
-    ckpt = checkpoint(model, settings, tmp_path / "melody.ckpt")
-    assert main([ckpt, str(tmp_path / "out"), "--format", "transformers"]) == 0
+    model = our_model(settings, stereo=channels == 2)
+    if channels == 1:
+        ckpt = checkpoint(model, settings, tmp_path / "melody.ckpt")
+        assert main([ckpt, str(tmp_path / "out"), "--format", "transformers"]) == 0
+    else:
+        write(model, tmp_path / "out", "transformers")
+    n_q = model.lm.config.n_q
     hf = transformers.MusicgenMelodyForConditionalGeneration.from_pretrained(tmp_path / "out")
     hf.eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt", return_token_type_ids=False)
     chroma = one_hot_chroma(7, seed=1)  # shorter than the 16 frames: both loop it
-    codes = torch.randint(0, CARD, (2, 4, 10), generator=torch.Generator().manual_seed(2))
+    codes = torch.randint(0, CARD, (2, n_q, 10), generator=torch.Generator().manual_seed(2))
     seq = model.lm.pattern.build(codes, model.lm.special)[0]
     steps = seq.shape[-1]
     every = torch.ones(2, dtype=torch.bool)
@@ -115,9 +128,9 @@ def test_melody_model_exports_to_transformers(t5_folder, tmp_path, capsys):
             input_ids=tokens["input_ids"],
             attention_mask=mask,
             input_features=features,
-            decoder_input_ids=seq.reshape(2 * 4, -1),
+            decoder_input_ids=seq.reshape(2 * n_q, -1),
         )
-        logits = out.logits.view(2, 4, -1, CARD)[:, :, -steps:]  # after the prefix positions
+        logits = out.logits.view(2, n_q, -1, CARD)[:, :, -steps:]  # after the prefix positions
         assert max_diff(logits, model.lm(seq, prefix, prefix_mask)) <= 1e-4
 
     frames = 20
@@ -131,7 +144,7 @@ def test_melody_model_exports_to_transformers(t5_folder, tmp_path, capsys):
     t = torch.arange(32000) / 32000
     wav = 0.5 * torch.sin(2 * torch.pi * torch.where(t < 0.45, 440.0, 659.0) * t)
     theirs = extractor(wav.numpy(), sampling_rate=32000, return_tensors="pt").input_features
-    assert torch.equal(theirs[0], model.chroma(wav[None, None])[0])
+    assert torch.equal(theirs[0], model.chroma(wav[None, None].expand(-1, channels, -1))[0])
 
     again = MusicGen.from_pretrained(tmp_path / "out", text_dir=t5_folder)
     assert again.conditions.melody.chroma.hop == model.conditions.melody.chroma.hop
