@@ -13,9 +13,10 @@ when it has them). What exports where:
   ``MusicgenForConditionalGeneration`` (pre-norm, no biases, max period 1e4, the standard delays;
   any text encoder transformers builds with ``AutoModelForTextEncoding``: T5, BERT/MiniLM...) and
   AudioCraft (``fuser.cross: [description]``; a T5 only). transformers masks the text padding as
-  ours does by default; AudioCraft attends every text position (padding included, zero vectors):
-  the same logits for one caption at a time, and always for a model with ``released_layout``
-  (which attends the padding too) exported to AudioCraft.
+  ours does by default; AudioCraft attends every text position (padding included, zero vectors),
+  as ours does with ``released_layout``: each reference gives the logits of a model whose padding
+  handling differs from its own for one caption at a time (no padding), not for a batch of
+  captions of different lengths.
 * **melody** (chroma and text prepended): only models trained with
   ``solver.module.released_layout=true`` (or fine-tuned from a released folder), whose prefix is
   the released one: chroma frames then text, every position attended (padding and a dropped text

@@ -8,7 +8,8 @@ description]`` fuser, transformers' ``MusicgenMelodyForConditionalGeneration``):
 then text tokens, every position attended (text padding and a dropped text are zero vectors), and
 a dropped melody is the projected chroma of silence (one-hot bin 0 on every frame: AudioCraft's
 chroma of its nullified one-sample wav, transformers' null ``input_features``). The converter
-sets ``released_layout`` for that; our own models keep the default.
+sets ``released_layout`` for that; our own models keep the default unless trained with
+``solver.module.released_layout=true`` (what exporting a melody or prefix-text model needs).
 """
 
 from __future__ import annotations
