@@ -277,3 +277,40 @@ def test_solver_with_released_layout_trains_and_exports(t5_folder, tmp_path):
     out = hf.eval()(**tokens, input_features=chroma, decoder_input_ids=seq.reshape(8, -1))
     logits = out.logits.view(2, 4, -1, CARD)[:, :, -seq.shape[-1] :]
     assert max_diff(logits, model.lm(seq, *model.conditions(CAPTIONS, chroma=chroma))) <= 1e-4
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_fine_tuned_audiocraft_melody_release_exports_to_transformers(
+    audiocraft, t5_folder, tmp_path, tmp_path_factory
+):
+    """``solver.module.init_from`` an AudioCraft melody release (built by AudioCraft, chroma
+    window 2^12) -> its checkpoint -> ``--format transformers``: transformers' melody model gives
+    the fine-tuned model's logits, and AudioCraft's own LM's."""
+    from solvers.musicgen import MusicGenSolver
+
+    folder, reference, _, _ = layout.build_release(
+        "melody", audiocraft, t5_folder, tmp_path_factory
+    )
+    solver = MusicGenSolver(
+        lm={}, init_from=str(folder), text={"local_dir": str(t5_folder)}, ema_decay=None
+    )
+    state = {f"model.{k}": v for k, v in solver.model.state_dict().items()}
+    torch.save({"hyper_parameters": dict(solver.hparams), "state_dict": state}, tmp_path / "x.ckpt")
+    assert main([str(tmp_path / "x.ckpt"), str(tmp_path / "out")]) == 0
+    hf = transformers.MusicgenMelodyForConditionalGeneration.from_pretrained(tmp_path / "out")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    tokens = tokenizer(CAPTIONS, padding=True, return_tensors="pt", return_token_type_ids=False)
+    wav = layout.melody_wav()[:, : int(SECONDS * 32000)]
+    attrs = layout.attributes(audiocraft, wav)
+    theirs = reference.condition_provider(reference.condition_provider.tokenize(attrs))
+    chroma = (
+        reference.condition_provider.conditioners["self_wav"]
+        ._get_wav_embedding(attrs[0].wav["self_wav"])
+        .expand(len(CAPTIONS), -1, -1)
+    )
+    codes = torch.randint(0, CARD, (2, 4, 8), generator=torch.Generator().manual_seed(6))
+    seq = solver.model.lm.pattern.build(codes, solver.model.lm.special)[0]
+    out = hf.eval()(**tokens, input_features=chroma, decoder_input_ids=seq.reshape(8, -1))
+    logits = out.logits.view(2, 4, -1, CARD)[:, :, -seq.shape[-1] :]
+    assert max_diff(logits, reference(seq, [], condition_tensors=theirs)) <= 1e-4
