@@ -34,7 +34,10 @@ when it has them). What exports where:
   prefix-conditioned text model, so it is refused there.
 
 AudioCraft's T5 tokenises without truncation, ours at ``text.max_length`` tokens: captions longer
-than that differ. Anything else is refused with the option to train with.
+than that differ. AudioCraft's ``MusicGen.get_pretrained(OUTDIR)`` asserts a training segment
+longer than its default ``extend_stride`` (18 s); for shorter ones build its ``MusicGen(name,
+load_compression_model(OUTDIR), load_lm_model(OUTDIR), max_duration)``. Anything else is refused
+with the option to train with.
 """
 
 from __future__ import annotations

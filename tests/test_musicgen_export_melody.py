@@ -182,9 +182,11 @@ def test_layouts_the_references_cannot_read_are_refused(t5_folder, tmp_path, cap
 
 
 def load_audiocraft(audiocraft, t5_folder, folder):
-    """AudioCraft's ``load_lm_model`` / ``load_compression_model`` on ``folder``, its T5 and
-    Demucs loaders pointed at the tiny T5 and the stand-in Demucs; its melody stemming bypassed
-    (our models here stem with ``none``)."""
+    """AudioCraft's ``MusicGen`` as ``get_pretrained(folder)`` builds it (``load_lm_model``,
+    ``load_compression_model``; with ``max_duration`` given: ``get_pretrained`` asserts a training
+    segment over its default ``extend_stride`` of 18 s), its T5 and Demucs loaders pointed at the
+    tiny T5 and the stand-in Demucs; its melody stemming bypassed (ours stem with ``none``)."""
+    from audiocraft.models import MusicGen as AudioCraftMusicGen
     from audiocraft.models import loaders
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(t5_folder)
@@ -198,10 +200,11 @@ def load_audiocraft(audiocraft, t5_folder, folder):
 
         patch.setattr(demucs.pretrained, "get_model", lambda name: layout.FakeDemucs())
         lm = loaders.load_lm_model(folder)
-    if "self_wav" in lm.condition_provider.conditioners:
-        melody = lm.condition_provider.conditioners["self_wav"]
+    release = AudioCraftMusicGen("export", loaders.load_compression_model(folder), lm, 30.0)
+    if "self_wav" in release.lm.condition_provider.conditioners:
+        melody = release.lm.condition_provider.conditioners["self_wav"]
         melody._get_stemmed_wav = lambda wav, sample_rate: wav.mean(dim=1, keepdim=True)
-    return lm, loaders.load_compression_model(folder)
+    return release
 
 
 @pytest.mark.slow
@@ -209,15 +212,17 @@ def load_audiocraft(audiocraft, t5_folder, folder):
 @torch.no_grad()
 def test_export_loads_in_audiocraft(kind, audiocraft, t5_folder, tmp_path):
     """A melody model and a prefix-conditioned text model (with biases), both with
-    ``released_layout``, exported from a checkpoint -> AudioCraft: the same logits for two
-    captions of different lengths (padding attended by both), conditional and null, the same
-    greedy CFG tokens over 50 steps and decoded audio; our loader reads the export back."""
+    ``released_layout``, exported from a checkpoint -> AudioCraft's loaders and ``MusicGen``:
+    the same logits for two captions of different lengths (padding attended by both),
+    conditional and null, the same greedy CFG tokens over 50 steps, decoded audio, and the audio
+    of its ``generate``/``generate_with_chroma``; our loader reads the export back."""
     melody = MELODY if kind == "melody" else None
     settings = hparams(t5_folder, melody, released=True, lm={"bias": kind == "prefix_text"})
     model = our_model(settings)
     ckpt = checkpoint(model, settings, tmp_path / "x.ckpt")
     assert main([ckpt, str(tmp_path / "out"), "--format", "audiocraft"]) == 0
-    lm, codec = load_audiocraft(audiocraft, t5_folder, tmp_path / "out")
+    release = load_audiocraft(audiocraft, t5_folder, tmp_path / "out")
+    lm, codec = release.lm, release.compression_model
     wav = layout.melody_wav() if melody else None
     attrs = layout.attributes(audiocraft, wav)
     null_attrs = audiocraft.conditioners.ClassifierFreeGuidanceDropout(p=1.0)(attrs)
@@ -235,6 +240,14 @@ def test_export_loads_in_audiocraft(kind, audiocraft, t5_folder, tmp_path):
     tokens = model.lm.generate(*ours, *ours_null, num_frames=frames, cfg_coef=3.0, temperature=0.0)
     assert torch.equal(tokens, expected)
     assert max_diff(model.decode(tokens, length), codec.decode(expected)) <= 1e-5
+    # AudioCraft's user-facing generation (greedy, CFG 3) against ours
+    release.set_generation_params(use_sampling=False, duration=frames / 50, extend_stride=1.0)
+    if wav is None:
+        audio = release.generate(CAPTIONS)
+    else:
+        audio = release.generate_with_chroma(CAPTIONS, wav[None].expand(2, -1, -1), 32000)
+    ours_audio = model.generate(CAPTIONS, wav, 32000, duration=frames / 50, temperature=0.0)
+    assert max_diff(ours_audio, audio) <= 1e-4
     again = MusicGen.from_pretrained(tmp_path / "out")  # the T5 folder written beside the files
     again_out = again.lm(seq, *again.condition(CAPTIONS, length, ours_wav))
     assert max_diff(again_out, model.lm(seq, *ours)) == 0
