@@ -17,6 +17,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from data.decode import FIELDS
 from musicgen.errors import UserError
 from musicgen.metrics.embeddings import KINDS as FAD_EMBEDDERS
+from musicgen.transcription.segments import HOP_LENGTH, SAMPLE_RATE
+from musicgen.transcription.transcriber import MODEL_TYPES
 from musicgen.transcription.vocabulary import GRANULARITIES
 
 PRECISIONS = (
@@ -193,6 +195,12 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.num_nodes", POSITIVE_INT, integer(1)),
     Rule("solver.data.sample_rate", "an integer sample rate >= 1000 (Hz)", integer(1000)),
     Rule("solver.data.channels", "1 (mono) or 2 (stereo)", integer(1, 2)),
+    # before solver.data.segment_seconds: solver=mt3 derives it from the model type
+    Rule(
+        "solver.module.model_type",
+        f"one of {', '.join(sorted(MODEL_TYPES))}",
+        choice(*sorted(MODEL_TYPES)),
+    ),
     Rule("solver.data.segment_seconds", "a number of seconds > 0", number(0, open_low=True)),
     Rule(
         "solver.data.eval_segment_seconds",
@@ -236,7 +244,11 @@ RULES: tuple[Rule, ...] = (
     Rule("solver.module.samples.count", "an integer >= 0", integer(0)),
     Rule("solver.module.samples.duration", "a number of seconds > 0", number(0, open_low=True)),
     Rule("solver.module.samples.seed", "an integer >= 0", integer(0)),
-    Rule("solver.module.granularity", f"one of {', '.join(GRANULARITIES)}", choice(*GRANULARITIES)),
+    Rule(
+        "solver.module.granularity",
+        f"one of {', '.join(GRANULARITIES)}, or null (the model type's)",
+        choice(*GRANULARITIES, None),
+    ),
     Rule("solver.module.z_loss", "a number >= 0", number(0)),
     Rule("solver.module.max_target_length", POSITIVE_INT, integer(1)),
     Rule("solver.module.max_decode_length", POSITIVE_INT, integer(1)),
@@ -380,6 +392,15 @@ def _combinations(cfg: DictConfig) -> str | None:
         _value(cfg, "solver.data.segment_seconds"),
         _value(cfg, "solver.data.sample_rate"),
     )
+    model_type = _value(cfg, "solver.module.model_type")
+    if model_type in MODEL_TYPES and is_number(segment):
+        frames = MODEL_TYPES[model_type].segment_frames
+        seconds = frames * HOP_LENGTH / SAMPLE_RATE
+        if abs(segment - seconds) > 1e-9:
+            return (
+                f"solver.data.segment_seconds={segment} does not fit solver.module.model_type="
+                f"{model_type}, whose inputs are {frames} frames: set it to {seconds} or leave it out"
+            )
     if is_number(segment) and is_int(rate) and round(segment * rate) < 1:
         return (
             f"solver.data.segment_seconds={segment} is shorter than one sample at "

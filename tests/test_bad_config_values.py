@@ -86,6 +86,7 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
     "solver.module.samples.duration": ("musicgen", ["0", "abc"]),
     "solver.module.samples.seed": ("musicgen", ["-1", "abc"]),
     "solver.module.granularity": ("mt3", ["coarse"]),
+    "solver.module.model_type": ("mt3", ["piano", "1"]),
     "solver.module.z_loss": ("mt3", ["-1", "abc"]),
     "solver.module.max_target_length": ("mt3", ["0", "abc"]),
     "solver.module.max_decode_length": ("mt3", ["0", "abc"]),

@@ -11,15 +11,28 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hydra import compose, initialize_config_dir
 
+from musicgen.errors import UserError
 from musicgen.notes import window_notes
-from musicgen.transcription import EOS_ID, PAD_ID, segment_tokens, token
+from musicgen.transcription import (
+    EOS_ID,
+    NUM_SPECIAL_IDS,
+    PAD_ID,
+    crop_tokens,
+    segment_tokens,
+    token,
+)
+from musicgen.transcription.transcriber import MODEL_TYPES
+from solvers.runtime import register_resolvers
 from solvers.transcription import (
+    PAPER_PIANO,
     MT3Solver,
     crop_rolls,
     init_shifts_from_positions,
     shift_smoothed_nll,
 )
+from solvers.validate_config import validate_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
@@ -269,3 +282,188 @@ def test_cosine_schedule_decays_to_zero_at_cosine_steps() -> None:
         schedule.step()
     assert rates[0] == 5e-4 and rates[1] == 1e-3 and rates[2] == 1e-3
     assert abs(rates[6] - 5e-4) < 1e-9 and rates[10] == 0.0
+
+
+# --- the piano model (model_type ismir2021) ----------------------------------------------------
+
+PIANO = MODEL_TYPES["ismir2021"]
+
+
+def test_piano_model_type_trains_on_velocity_targets_without_ties() -> None:
+    mt3 = solver(model_type="ismir2021")
+    assert mt3.model.config.vocab_size == 1664 and mt3.granularity == "flat"
+    assert mt3.segment_samples == 512 * 128  # 4.096 s crops
+    piano = NOTES[NOTES[:, 5] == 0].copy()
+    piano[:, 3] = [70, 33]  # velocities
+    starts = torch.tensor([0.0, 1.1], dtype=torch.float64)
+    notes = [torch.from_numpy(piano)] * 2
+    targets, skipped = mt3._targets(notes, starts, mt3.segment_samples)
+    expected = crop_tokens(piano, 1.1, 1.1 + 4.096, "flat", PIANO.codec, ties=False)
+    assert skipped == 0 and targets[1, : len(expected)].tolist() == expected.tolist()
+
+    def piano_token(kind: str, value: int) -> int:
+        return PIANO.codec.encode_event(kind, value) + NUM_SPECIAL_IDS
+
+    first = targets[0].tolist()
+    assert piano_token("velocity", 70) in first and piano_token("velocity", 33) in first
+    assert piano_token("tie", 0) not in first + expected.tolist()
+    program = PIANO.codec.codec_range("program")
+    assert not any(program[0] + 3 <= t <= program[1] + 3 for t in first)  # flat: no programs
+    # the crop from 1.1 s opens with the offset of the note begun at 0.5 s: no tie section
+    assert expected[:3].tolist() == [
+        piano_token("shift", 40),
+        piano_token("velocity", 0),
+        piano_token("pitch", 60),
+    ]
+    batch = {"audio": torch.randn(2, 1, mt3.segment_samples) * 0.1, "notes": notes, "start": starts}
+    loss = mt3.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and mt3.model.decoder.logits_dense.weight.grad.shape[0] == 1664
+
+
+def test_piano_whole_piece_evaluation_scores_velocities() -> None:
+    mt3 = solver(model_type="ismir2021").eval()
+    batch = {
+        "audio": torch.randn(1, 1, 70_000) * 0.1,  # two 512-frame segments
+        "notes": [torch.from_numpy(NOTES[:1])],
+        "key": ["a"],
+    }
+    with torch.no_grad():
+        mt3.validation_step(batch, 1)
+    scores = mt3._finish("valid")
+    assert 0.0 <= scores["onset_offset_velocity_f1"] <= 1.0 and scores["loss"] > 0
+
+
+def test_piano_tables_use_the_2021_papers_layout() -> None:
+    mt3 = solver(model_type="ismir2021", dataset_name="maestro")
+    mt3.test_scores = {
+        "onset_f1": 0.5,
+        "onset_offset_f1": 0.3,
+        "onset_offset_velocity_f1": 0.2,
+        "frame_f1": 0.4,
+    }
+    piano, table2 = mt3.evaluation_tables()
+    assert piano.name == "piano_table" and table2.name == "mt3_table2"
+    assert [(r["metric"], r["ours"]) for r in piano.rows] == [
+        ("Onset F1", 0.5),
+        ("Onset+Offset F1", 0.3),
+        ("Onset+Offset+Velocity F1", 0.2),
+    ]
+    assert "2107.09142" in piano.notes and "MAESTRO" in piano.title
+    # the published numbers are shown only where a source was read (none yet): never invented
+    assert [r["Hawthorne et al. 2021"] for r in piano.rows] == [
+        PAPER_PIANO[k] for k in ("onset_f1", "onset_offset_f1", "onset_offset_velocity_f1")
+    ]
+    onset = next(r for r in table2.rows if r["metric"] == "Onset F1")
+    assert onset["MT3 (single dataset)"] == 0.9601 and onset["ours"] == 0.5
+    other = solver(model_type="ismir2021", dataset_name="synth").evaluation_tables()[0]
+    assert "evaluated MAESTRO, not synth" in other.notes
+    assert all(r["Hawthorne et al. 2021"] is None for r in other.rows)
+
+
+def test_piano_model_type_errors() -> None:
+    with pytest.raises(UserError, match="model_type 'piano' is unknown"):
+        solver(model_type="piano")
+    with pytest.raises(UserError, match="constrained_decoding"):
+        solver(model_type="ismir2021", constrained_decoding=True)
+    with pytest.raises(UserError, match="smaller than the 1664"):
+        MT3Solver(
+            {**TINY, "vocab_size": 1536}, {"name": "adamw", "lr": 1e-3}, model_type="ismir2021"
+        )
+
+
+def test_piano_config_derives_crops_from_the_model_type() -> None:
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        piano = compose("train", ["solver=mt3", "solver.module.model_type=ismir2021"])
+        preset = compose("train", ["experiment=mt3_piano_tiny"])
+        mismatch = compose(
+            "train",
+            [
+                "solver=mt3",
+                "solver.module.model_type=ismir2021",
+                "solver.data.segment_seconds=2.048",
+            ],
+        )
+    validate_config(piano)
+    assert piano.solver.data.segment_seconds == 4.096 and piano.solver.module.granularity is None
+    assert preset.dataset.name == "maestro" and preset.solver.data.segment_seconds == 4.096
+    with pytest.raises(UserError, match="set it to 4.096"):
+        validate_config(mismatch)
+
+
+@pytest.fixture
+def maestro_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The miniature MAESTRO copy with 5 s performances (a 4.096 s piano crop must fit),
+    prepared into shards by ``python -m data.prepare maestro``."""
+    import dataclasses
+
+    import tests.fixtures.maestro as maestro
+
+    longer = tuple(dataclasses.replace(p, seconds=5.0) for p in maestro.PERFORMANCES)
+    monkeypatch.setattr(maestro, "PERFORMANCES", longer)
+    source = maestro.write_maestro_copy(tmp_path / "maestro-v3.0.0")
+    out = tmp_path / "maestro"
+    run("-m data.prepare maestro", "--root", str(source), "--out", str(out))
+    return out
+
+
+@pytest.mark.slow
+def test_piano_preset_trains_evaluates_and_transcribes_on_maestro(
+    maestro_shards: Path, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    run(
+        "train.py",
+        "experiment=mt3_piano_tiny",
+        f"dataset.root={maestro_shards}",
+        "logger=csv",
+        f"paths.runs_dir={runs}",
+        "loader.train_batches_per_epoch=2",
+        "loader.batch_size=2",
+        "loader.num_workers=0",
+        "loader.eval_batch_size=1",
+        "trainer.limit_val_batches=1",
+        "solver.module.max_decode_length=16",
+        "trainer.max_steps=2",
+    )
+    (run_dir,) = runs.iterdir()
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["global_step"] == 2 and state["hyper_parameters"]["model_type"] == "ismir2021"
+    assert state["state_dict"]["model.decoder.logits_dense.weight"].shape[0] == 1664
+
+    run(
+        "evaluate.py",
+        "solver=mt3",
+        f"checkpoint={ckpt}",
+        "dataset=maestro",
+        f"dataset.root={maestro_shards}",
+        f"paths.runs_dir={runs}",
+        "loader.num_workers=0",
+        "solver.module.max_decode_length=16",
+    )
+    (eval_dir,) = (runs / "eval").iterdir()
+    piano = json.loads((eval_dir / "piano_table.json").read_text())
+    assert [r["metric"] for r in piano["rows"]] == [
+        "Onset F1",
+        "Onset+Offset F1",
+        "Onset+Offset+Velocity F1",
+    ]
+    assert all(0.0 <= r["ours"] <= 1.0 for r in piano["rows"])
+    rows = json.loads((eval_dir / "results.json").read_text())["rows"]
+    assert 0.0 <= rows[0]["test/onset_offset_velocity_f1"] <= 1.0
+    assert (eval_dir / "mt3_table2.md").is_file() and not (eval_dir / "mt3_table3.md").exists()
+
+    audio = np.random.default_rng(0).standard_normal(24_000).astype(np.float32) * 0.1
+    sf.write(tmp_path / "in.wav", audio, 16000)
+    out = run(
+        "-m musicgen.transcribe",
+        str(tmp_path / "in.wav"),
+        str(tmp_path / "out.mid"),
+        "--checkpoint",
+        str(ckpt),
+        "--max-length",
+        "16",
+    )
+    assert (tmp_path / "out.mid").is_file(), out.stdout
