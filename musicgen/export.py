@@ -67,7 +67,8 @@ def _check_decoder(model: MusicGen) -> None:
     if cfg.bias or not cfg.norm_first or cfg.max_period != 10000.0:
         raise UserError(
             "transformers' MusicGen decoder is pre-norm without biases (max_period 1e4): train "
-            "with lm.bias=false lm.norm_first=true, or export with --format audiocraft"
+            "with solver.module.lm.bias=false and lm.norm_first=true, or export with --format "
+            "audiocraft"
         )
     channels = model.channels
     expected = [k // channels for k in range(cfg.n_q)] if channels == 2 else list(range(cfg.n_q))
