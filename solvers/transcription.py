@@ -1,7 +1,9 @@
-"""``solver=mt3``: MT3 multi-instrument transcription (log-mel frames in, MIDI-like tokens out).
+"""``solver=mt3``: MT3 multi-instrument transcription (log-mel frames in, MIDI-like tokens out),
+or with ``model_type: ismir2021`` the piano model of Hawthorne et al. 2021 (see
+:class:`MT3Solver`).
 
 Training: teacher-forced cross-entropy (plus t5x's z-loss, ``z_loss * logsumexp(logits)^2``)
-on random 256-frame crops; the targets of a crop come from its notes (in track time) and its
+on random crops of the model type's segment length (256 frames; 512 for the piano model); the targets of a crop come from its notes (in track time) and its
 start through :func:`musicgen.transcription.crop_tokens`, on MT3's 10 ms grid. A crop whose
 target is longer than ``max_target_length`` is not trained on (MT3 refuses such targets); the
 count is logged as ``train/skipped_long_targets`` (per epoch). Validation and test decode
