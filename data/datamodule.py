@@ -74,6 +74,10 @@ class MusicDataModule(L.LightningDataModule):
     """Streams ``<root>/{train,valid,test}-*.tar`` as batch dicts (see ``data.streams``).
 
     ``auto_prepare`` (``{"builder": "synth", **kwargs}``) builds a missing dataset on first use.
+    ``global_batches``: every rank reads the one-process stream of batches of ``batch_size x
+    world size`` and trains on its contiguous slice, so the global batches (samples, crops,
+    order) are those of one process with the whole batch, whatever the number of processes;
+    each rank reads and decodes the whole global batch (world size times the I/O).
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class MusicDataModule(L.LightningDataModule):
         shuffle_buffer: int = 256,
         train_batches_per_epoch: int = 200,
         seed: int = 0,
+        global_batches: bool = False,
         auto_prepare: dict | None = None,
         prepare_command: str | None = None,
         solver: str = "the solver",
@@ -98,6 +103,7 @@ class MusicDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
         self.train_batches_per_epoch, self.seed = train_batches_per_epoch, seed
+        self.global_batches = global_batches
         self.auto_prepare = dict(auto_prepare) if auto_prepare else None
         self.prepare_command = prepare_command or f"python -m data.prepare {name} --out {root}"
 
@@ -142,7 +148,9 @@ class MusicDataModule(L.LightningDataModule):
         rank, world = self._rank()
         step = self.trainer.global_step if self.trainer is not None else 0
         shards = split_shards(self.root, "train")
-        readers = world * max(1, self.num_workers)
+        # global batches: every rank is reader 0..workers-1 of the one-process stream
+        streams = 1 if self.global_batches else world
+        readers = streams * max(1, self.num_workers)
         if len(shards) < readers and rank == 0:
             log.info(
                 "%d train shard(s) for %d readers (%d rank(s) x %d loader worker(s)): every reader "
@@ -150,18 +158,19 @@ class MusicDataModule(L.LightningDataModule):
                 "--min-shards %d gives each reader its own shards)",
                 len(shards),
                 readers,
-                world,
+                streams,
                 max(1, self.num_workers),
                 readers,
             )
         stream = TrainStream(
             shards,
             self.requirements.train_spec(),
-            self.batch_size,
+            self.batch_size * world if self.global_batches else self.batch_size,
             self.shuffle_buffer,
             seed=self.seed + step,
-            rank=rank,
-            world_size=world,
+            rank=0 if self.global_batches else rank,
+            world_size=streams,
+            part=(rank, world) if self.global_batches else (0, 1),
         )
         return EpochLoader(self._loader(stream), self.train_batches_per_epoch, self.name)
 
@@ -189,6 +198,8 @@ def stream_skips(loader: object) -> dict[str, int]:
     over a stream) so far, all its workers together; zeros for any other loader."""
     stream = loader.stream if isinstance(loader, EpochLoader) else getattr(loader, "dataset", None)
     shared = getattr(stream, "shared", None)
+    if getattr(stream, "part", (0, 1))[0] > 0:  # a copy of rank 0's stream: its skips are rank 0's
+        return dict.fromkeys(SKIP_REASONS, 0)
     return shared.totals() if isinstance(shared, SharedSkips) else dict.fromkeys(SKIP_REASONS, 0)
 
 

@@ -151,6 +151,15 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
+def batch_part(part: tuple[int, int], batch: dict) -> dict:
+    """Part ``index`` of ``count`` equal contiguous parts (``part = (index, count)``) of a
+    collated batch whose size ``count`` divides: every tensor and list along its first axis."""
+    index, count = part
+    size = len(batch["key"]) // count
+    window = slice(index * size, (index + 1) * size)
+    return {name: value[window] for name, value in batch.items()}
+
+
 def checked_batch_size(batch_size: int) -> int:
     """``batch_size`` when it is an integer >= 1 (with 0 no batch would ever fill: a hang)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -159,7 +168,13 @@ def checked_batch_size(batch_size: int) -> int:
 
 
 class TrainStream(IterableDataset):
-    """Endless stream of random-crop training batches (see the module docstring)."""
+    """Endless stream of random-crop training batches (see the module docstring).
+
+    ``part = (index, count)`` keeps part ``index`` of ``count`` contiguous equal parts of each
+    batch (:func:`batch_part`): with ``rank=0, world_size=1``, a batch size of ``count`` times
+    the rank's and ``part = (rank, world size)``, every rank reads the one-process stream of
+    global batches and trains on its slice (``loader.global_batches``).
+    """
 
     def __init__(
         self,
@@ -170,13 +185,16 @@ class TrainStream(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        part: tuple[int, int] = (0, 1),
     ) -> None:
         super().__init__()
         if not shards:
             raise ValueError("TrainStream needs at least one shard")
         self.shards, self.spec, self.batch_size = list(shards), spec, checked_batch_size(batch_size)
+        if not 0 <= part[0] < part[1] or self.batch_size % part[1]:
+            raise ValueError(f"part {part} must split batches of {batch_size} evenly")
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.part = rank, world_size, part
         self.shared = SharedSkips()
         self.skips = SkipCounter(self.shared)
 
@@ -223,6 +241,7 @@ class TrainStream(IterableDataset):
                 partial(self._samples, reader, readers),
                 shuffle,
                 wds.batched(self.batch_size, collation_fn=collate, partial=False),
+                wds.map(partial(batch_part, self.part)) if self.part[1] > 1 else None,
             )
         )
 

@@ -20,6 +20,8 @@ test also codes each item with Opus (ffmpeg/libopus) and
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import lightning as L
 import torch
@@ -27,12 +29,14 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from musicgen.compression import CodecConfig, CompressionModel, codebook_stats
+from musicgen.compression.ranks import mean_over_ranks
 from musicgen.errors import UserError
 from musicgen.losses import (
     Balancer,
     MultiScaleMelLoss,
     discriminator_hinge_loss,
     feature_matching_loss,
+    feature_scales,
     generator_hinge_loss,
     ms_stft_discriminator,
 )
@@ -117,6 +121,7 @@ class CompressionSolver(L.LightningModule):
         )
         self.mel_distance = MelDistance(config.sample_rate)
         self._results: dict[str, torch.Tensor] = {}
+        self.seed = torch.initial_seed()  # the run's seed: train.py seeds before building solvers
 
     @property
     def config(self) -> CodecConfig:
@@ -161,7 +166,9 @@ class CompressionSolver(L.LightningModule):
                 _, real_maps = self.discriminator(real)
             fake_logits, fake_maps = self.discriminator(fake.float())
             losses["adv"] = generator_hinge_loss(fake_logits)
-            losses["feat"] = feature_matching_loss(real_maps, fake_maps)
+            # relative to the union batch's feature sizes, as one process would scale them
+            scales = mean_over_ranks(feature_scales(real_maps))
+            losses["feat"] = feature_matching_loss(real_maps, fake_maps, scales=scales)
         losses["msspec"] = self.msspec(fake, real)
         losses["l1"] = F.l1_loss(fake.float(), real)
         return {name: loss for name, loss in losses.items() if self.weights[name] > 0}
@@ -173,7 +180,8 @@ class CompressionSolver(L.LightningModule):
         n_q = random.Random(self.generator_steps).choice(
             self.codebooks
         )  # same draw on every rank and on resume
-        out = self.model(real, n_q)
+        with self._step_rng():
+            out = self.model(real, n_q)
 
         # The discriminator always steps (even at zero adversarial weight) so that global_step = 2 x generator steps.
         with self.toggled_optimizer(opt_d):
@@ -199,6 +207,17 @@ class CompressionSolver(L.LightningModule):
             "train/kbps": self.config.kbps(n_q),
         }
         self.log_dict(metrics, batch_size=real.shape[0])
+
+    @contextmanager
+    def _step_rng(self) -> Iterator[None]:
+        """The global RNG seeded from the run's seed and the generator step, restored after: the
+        codebooks' k-means initialisation and dead-code refills draw the same on any number of
+        processes (the global RNG's state at a step depends on what Lightning and the loaders
+        drew before) and on resume."""
+        devices = [self.device] if self.device.type != "cpu" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            torch.manual_seed((self.seed + self.generator_steps) % 2**63)
+            yield
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -159,6 +159,7 @@ RULES: tuple[Rule, ...] = (
     Rule("loader.num_workers", "an integer >= 0 (0: load in the main process)", integer(0)),
     Rule("loader.shuffle_buffer", "an integer >= 0 (0 or 1: no shuffling)", integer(0)),
     Rule("loader.train_batches_per_epoch", POSITIVE_INT, integer(1)),
+    Rule("loader.global_batches", "true or false", is_bool),
     Rule(
         "checkpoint.every_n_train_steps",
         "an integer >= 1, or null for no step checkpoints",

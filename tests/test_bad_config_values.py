@@ -39,6 +39,7 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
     "loader.num_workers": ("compression", ["-1", "1.5", *WRONG_TYPE]),
     "loader.shuffle_buffer": ("compression", ["-1", "0.5", "abc"]),
     "loader.train_batches_per_epoch": ("compression", ["0", "-1", "2.5", *WRONG_TYPE]),
+    "loader.global_batches": ("compression", ["maybe", "1"]),
     "checkpoint.every_n_train_steps": ("compression", ["-1", "0", "1.5", "abc"]),
     "checkpoint.every_minutes": ("compression", ["0", "-5", "inf", "abc"]),
     "checkpoint.save_top_k": ("compression", ["-1", "1.5", "abc"]),

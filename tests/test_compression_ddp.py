@@ -8,6 +8,10 @@ and codebooks up to 0.14 apart (entries of size 0.2); the balancer, averaging th
 norms, halved the balanced gradient against the commitment loss: parameters 2.0e-3 apart after
 one step. After them: cluster sizes equal, codebooks within 5.4e-7 and parameters within 1.2e-7
 after 6 steps (L1 + commitment); parameters within 1.9e-7 after a balanced step.
+
+Also the two solver-side pieces the 2-process compression_tiny run needed to match 1 process
+(tests/test_ddp_presets.py): relative feature matching divided by the union batch's feature sizes,
+and the codec's training draws seeded from the step rather than taken from the global RNG.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from musicgen.losses import feature_matching_loss, feature_scales
 from tests.fixtures import codec_ddp_steps
+from tests.test_compression_solver import fixed_batch, small_solver
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -97,3 +103,46 @@ def test_balanced_codec_step_on_two_processes_matches_one_process(
     output amplifies rounding differences into its gradient, whatever the number of processes.)"""
     (single,) = train(tmp_path, 1, 1, mode)
     assert_close(single, *train(tmp_path, 2, 1, mode))
+
+
+def test_feature_matching_on_halves_with_union_scales_gives_the_union_gradient() -> None:
+    """Relative feature matching is divided by ``mean|D(x)|``: DDP's mean of the halves'
+    gradients is the union batch's when both halves divide by the union's scales (the solver
+    averages them over ranks) and not when each divides by its own."""
+    torch.manual_seed(0)
+    real = [[torch.randn(4, 2, 5, 3) * (i + 1) for i in range(3)] for _ in range(2)]
+    real[0][0][2:] *= 10  # the halves' feature sizes differ
+    fake = [[(r + torch.randn_like(r)).requires_grad_() for r in maps] for maps in real]
+    leaves = [f for maps in fake for f in maps]
+    union = torch.autograd.grad(feature_matching_loss(real, fake), leaves)
+    half = [
+        [[t[i : i + 2] for t in maps] for maps in pair] for pair in (real, fake) for i in (0, 2)
+    ]
+    real_halves, fake_halves = half[:2], half[2:]
+    scales = [(a + b) / 2 for a, b in zip(*map(feature_scales, real_halves), strict=True)]
+    for own in (False, True):
+        grads = [
+            torch.autograd.grad(feature_matching_loss(r, f, scales=None if own else scales), leaves)
+            for r, f in zip(real_halves, fake_halves, strict=True)
+        ]
+        ddp = [(a + b) / 2 for a, b in zip(*grads, strict=True)]
+        worst = max((d - u).abs().max().item() for d, u in zip(ddp, union, strict=True))
+        assert (worst > 1e-3) if own else (worst < 1e-7), worst
+
+
+def test_codebook_draws_depend_on_the_step_not_on_the_global_rng() -> None:
+    """The solver seeds the codec's training forward (k-means initialisation, dead-code refills)
+    from the run's seed and the generator step, and restores the global RNG after it."""
+    audio = fixed_batch()["audio"]
+    codebooks = []
+    for seed in (1, 2):  # what Lightning and the loaders drew before differs between layouts
+        torch.manual_seed(0)
+        solver = small_solver()
+        torch.manual_seed(seed)
+        with solver._step_rng():
+            solver.model(audio, 4)
+        codebooks.append(solver.model.quantizer.state_dict())
+        after = torch.rand(3)
+        torch.manual_seed(seed)
+        assert torch.equal(after, torch.rand(3)), "the global RNG is restored"
+    assert all(torch.equal(codebooks[0][n], codebooks[1][n]) for n in codebooks[0])

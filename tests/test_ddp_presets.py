@@ -9,8 +9,28 @@ tests/test_ddp_equivalence.py and tests/test_fault_tolerance.py).
   point, so with 2 ranks they are equal bit for bit (measured: 0.0 after 4 AdamW steps, and
   Adam's moments equal too). The tolerance, 1e-6 on parameters of order 0.1, leaves room for a
   sum in another order (more ranks, another reduction algorithm), about 1 ulp per gradient
-  which Adam's normalisation can carry into an lr-1e-3 update. (compression_tiny trains with
-  manual optimisation, which Lightning does not accumulate: it has no 1-process counterpart.)
+  which Adam's normalisation can carry into an lr-1e-3 update.
+* ``experiment=compression_tiny`` (manual optimisation: Lightning does not accumulate it) on 2
+  processes with ``loader.global_batches=true`` (each rank reads the 1-process stream of global
+  batches and trains on its half) for 4 batches (2 with the adversarial losses) ends with the
+  parameters, codebooks, balancer statistics and Adam moments of 1 process with the doubled
+  batch, in float64 (``trainer.precision=64-true``). In float32 the two runs part by rounding
+  alone: gradients are summed in another order (gloo adds the ranks' halves) and the untrained
+  discriminator's gradients cancel to the size of that rounding (2.9e-8 apart on elements of
+  1e-8 for one step on the same batch in one process), where Adam's per-element normalisation
+  turns a sign flip into a full lr-size (1e-3) difference; the codebooks' nearest-code choices
+  then part on near ties. Measured in float32: 1.8e-3 on the discriminator after one batch, 3e-3 on
+  parameters after four. In float64 the rounding is 1e-16 relative, far below Adam's eps (1e-8):
+  measured 1.5e-13 on the discriminator, 8.3e-14 on the generator and its EMA, 9.5e-15 on the
+  codebooks, 1.8e-15 on the balancer's statistics. The tolerance, 1e-9,
+  leaves room for another reduction order; the defects found on the way gave far more (the
+  k-means initialisation drew on the global RNG, which Lightning's DDP start-up leaves in another
+  state: code counts 1.0 apart after one batch; relative feature matching was scaled by each
+  rank's half batch: parameters 1.9e-5 apart after its first batch). 5 items per rank so that the
+  k-means starts from distinct latent vectors (310 for 256 codes): with fewer vectors than codes
+  it starts from duplicates, and which of two identical codes a vector picks is decided by the
+  last bit of a distance (1.8e-4 apart in float64 after two batches; the quantized output is the
+  same either way).
 * Uneven train shards (5, 9 and 30 samples) on 2 processes x 2 loader workers: more readers
   than shards, a real DDP run of mt3_tiny through two epochs and their validations ends (a rank
   with fewer batches would leave the other waiting in the gradient reduction: a hang).
@@ -48,14 +68,23 @@ MT3 = ["experiment=mt3_tiny", "logger=csv", "loader.batch_size=2"]
 NO_VALIDATION = "trainer.limit_val_batches=0"
 STEPS = 4
 TOLERANCE = 1e-6
+CODEC = [
+    "experiment=compression_tiny", "logger=csv", "trainer.precision=64-true", NO_VALIDATION,
+    "solver.module.adversarial_warmup=2", "loader.global_batches=true", "loader.num_workers=1",
+    f"loader.train_batches_per_epoch={STEPS}",
+]  # fmt: skip
+CODEC_PER_RANK = 5
+CODEC_TOLERANCE = 1e-9
 
 
-def train(dataset: Path, runs: Path, *overrides: str) -> dict:
-    """Train mt3_tiny in ``runs``; its last checkpoint."""
-    cmd = [sys.executable, "train.py", *MT3, f"dataset.root={dataset}", f"paths.runs_dir={runs}"]
+def train(
+    dataset: Path, runs: Path, *overrides: str, preset: list[str] = MT3, steps: int = STEPS
+) -> dict:
+    """Train ``preset`` in ``runs`` for ``steps`` optimiser steps; its last checkpoint."""
+    cmd = [sys.executable, "train.py", *preset, f"dataset.root={dataset}", f"paths.runs_dir={runs}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [*cmd, f"trainer.max_steps={STEPS}", *overrides],
+        [*cmd, f"trainer.max_steps={steps}", *overrides],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -65,7 +94,7 @@ def train(dataset: Path, runs: Path, *overrides: str) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     (last,) = runs.glob("*/checkpoints/last.ckpt")
     state = torch.load(last, map_location="cpu", weights_only=True)
-    assert state["global_step"] == STEPS
+    assert state["global_step"] == steps
     return state
 
 
@@ -99,6 +128,46 @@ def test_mt3_tiny_on_two_processes_matches_one_process(toy_dataset: Path, tmp_pa
     assert {float(s["step"]) for s in adam["state"].values()} == {float(STEPS)}
     assert max((a - b).abs().max().item() for a, b in moments) <= TOLERANCE
     assert sum(a.abs().sum().item() for a, _ in moments) > 0
+
+
+def parameter_group(name: str) -> str:
+    """``model``, ``model codebooks``, ``ema``, ``discriminator``, ``balancer``, ..."""
+    return name.split(".")[0] + (" codebooks" if "._codebook." in name else "")
+
+
+@pytest.mark.timeout(900)
+def test_compression_tiny_on_two_processes_matches_one_process(
+    toy_dataset: Path, tmp_path: Path
+) -> None:
+    batches = dict(preset=CODEC, steps=2 * STEPS)  # a generator and a discriminator step each
+    single = train(
+        toy_dataset, tmp_path / "single", f"loader.batch_size={2 * CODEC_PER_RANK}", **batches
+    )
+    ddp = train(
+        toy_dataset,
+        tmp_path / "ddp",
+        f"loader.batch_size={CODEC_PER_RANK}",
+        "trainer=ddp",
+        **batches,
+    )
+    params, other = single["state_dict"], ddp["state_dict"]
+    assert params.keys() == other.keys()
+    assert all(t.dtype == torch.float64 for t in params.values() if t.is_floating_point())
+    diffs = {name: (params[name] - other[name]).abs().max().item() for name in params}
+    for group in sorted({parameter_group(name) for name in diffs}):
+        worst = max((n for n in diffs if parameter_group(n) == group), key=diffs.get)
+        print(f"{group}: max |difference| after {STEPS} batches {diffs[worst]:.1e} ({worst})")
+    assert max(diffs.values()) <= CODEC_TOLERANCE
+    counts = [name for name in params if name.endswith("cluster_size")]
+    assert all(torch.equal(params[n], other[n]) for n in counts), "code counts are exact sums"
+    assert params["balancer.norm_count"].min() > 0, "the adversarial losses were balanced"
+    for adam, adam_ddp in zip(single["optimizer_states"], ddp["optimizer_states"], strict=True):
+        moments = [
+            (s["exp_avg"], adam_ddp["state"][i]["exp_avg"]) for i, s in adam["state"].items()
+        ]
+        assert {float(s["step"]) for s in adam["state"].values()} == {float(STEPS)}
+        assert max((a - b).abs().max().item() for a, b in moments) <= CODEC_TOLERANCE
+        assert sum(a.abs().sum().item() for a, _ in moments) > 0
 
 
 def test_mt3_tiny_killed_twice_resumes_from_last_ckpt(toy_dataset: Path, tmp_path: Path) -> None:

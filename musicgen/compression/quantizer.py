@@ -140,7 +140,7 @@ class FixedResidualVectorQuantizer(ResidualVectorQuantizer):
 def codebook_stats(codes: torch.Tensor, bins: int) -> dict[str, torch.Tensor]:
     """Mean over codebooks of the perplexity and of the fraction of entries used in ``codes`` (B, K, T)."""
     flat = codes.transpose(0, 1).reshape(codes.shape[1], -1)
-    counts = torch.zeros(flat.shape[0], bins, device=codes.device).scatter_add_(
+    counts = torch.zeros(flat.shape[0], bins, device=codes.device, dtype=torch.float).scatter_add_(
         1, flat, torch.ones_like(flat, dtype=torch.float)
     )
     probs = counts / counts.sum(dim=1, keepdim=True)

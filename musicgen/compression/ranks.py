@@ -27,6 +27,14 @@ def sum_over_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     )
 
 
+def mean_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The element-wise means over ranks of ``tensors`` (one all-reduce): with equal batch
+    sizes, a batch mean's value on the union of the ranks' batches."""
+    if world_size() == 1:
+        return tensors
+    return [t / world_size() for t in sum_over_ranks(*tensors)]
+
+
 def gather_rows(rows: torch.Tensor) -> torch.Tensor:
     """The rows ``(N_r, D)`` of every rank concatenated in rank order ``(sum N_r, D)``."""
     if world_size() == 1:

@@ -3,6 +3,7 @@
 from musicgen.losses.adversarial import (
     discriminator_hinge_loss,
     feature_matching_loss,
+    feature_scales,
     generator_hinge_loss,
     ms_stft_discriminator,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "MultiScaleMelLoss",
     "discriminator_hinge_loss",
     "feature_matching_loss",
+    "feature_scales",
     "generator_hinge_loss",
     "log_mel",
     "ms_stft_discriminator",

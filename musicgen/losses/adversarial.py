@@ -40,16 +40,27 @@ def generator_hinge_loss(fake: Logits) -> torch.Tensor:
     return torch.stack([torch.relu(1 - f).mean() for f in fake]).mean()
 
 
+def feature_scales(real: FeatureMaps) -> list[torch.Tensor]:
+    """``mean|D(x)|`` of every discriminator layer (detached), in :func:`feature_matching_loss`'s order."""
+    return [r.detach().abs().mean() for maps in real for r in maps]
+
+
 def feature_matching_loss(
-    real: FeatureMaps, fake: FeatureMaps, epsilon: float = 1e-8
+    real: FeatureMaps,
+    fake: FeatureMaps,
+    epsilon: float = 1e-8,
+    scales: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Relative feature matching: mean over discriminators and layers of ``|D(x) - D(x_hat)|_1 / mean|D(x)|``.
 
-    The real features are targets (detached).
+    The real features are targets (detached). ``scales`` replaces the denominators
+    (:func:`feature_scales` of this batch by default): data-parallel training passes the union
+    batch's, as one process on the whole batch would use.
     """
+    scales = feature_scales(real) if scales is None else scales
+    reals, fakes = [r for maps in real for r in maps], [f for maps in fake for f in maps]
     terms = [
-        (f - r.detach()).abs().mean() / (r.detach().abs().mean() + epsilon)
-        for real_maps, fake_maps in zip(real, fake, strict=True)
-        for r, f in zip(real_maps, fake_maps, strict=True)
+        (f - r.detach()).abs().mean() / (scale + epsilon)
+        for r, f, scale in zip(reals, fakes, scales, strict=True)
     ]
     return torch.stack(terms).mean()
