@@ -10,7 +10,9 @@ bands (AudioCraft's ``MultiBandDiffusion.generate``).
 
 ``unet``, ``schedule`` and ``processor`` are AudioCraft's ``diffusion_unet``, ``schedule`` and
 ``processor`` configs: one dict for all bands, or a list of one dict per band (the released
-models equalise only their upper bands).
+models equalise only their upper bands). ``objective`` is what the U-Nets predict: ``noise``
+(MBD's and AudioCraft's, the default) or ``x0``, the clean band (an option of ours; the sampler
+turns its prediction into the noise it implies, so the chain is the same).
 """
 
 from __future__ import annotations
@@ -57,12 +59,16 @@ def randint(
     return torch.randint(0, high, (count,), generator=generator, device=generator.device).to(device)
 
 
+OBJECTIVES = ("noise", "x0")
+
+
 class MultiBandDiffusion(nn.Module):
     """One conditional diffusion U-Net per band (see the module docstring).
 
     ``hop_length`` is the codec's samples per latent frame, ``n_q`` the codebooks whose latent
     it was trained on (None: unrecorded), ``cutoffs`` optional band edges in Hz (default:
-    mel-spaced), ``channels`` the audio channels. :attr:`config` holds these arguments.
+    mel-spaced), ``channels`` the audio channels, ``objective`` ``noise`` or ``x0`` (see the
+    module docstring). :attr:`config` holds these arguments.
     """
 
     def __init__(
@@ -77,8 +83,11 @@ class MultiBandDiffusion(nn.Module):
         channels: int = 1,
         n_q: int | None = None,
         cutoffs: Sequence[float] | None = None,
+        objective: str = "noise",
     ) -> None:
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         unets = per_band(unet, n_bands, "unet")
         schedules = per_band(schedule, n_bands, "schedule")
         processors = per_band(processor, n_bands, "processor")
@@ -93,7 +102,9 @@ class MultiBandDiffusion(nn.Module):
             "channels": channels,
             "n_q": n_q,
             "cutoffs": None if cutoffs is None else list(cutoffs),
+            "objective": objective,
         }
+        self.objective = objective
         self.sample_rate, self.n_bands, self.channels = sample_rate, n_bands, channels
         self.latent_dim, self.hop_length, self.n_q = latent_dim, hop_length, n_q
         self.schedules = [NoiseSchedule(**options) for options in schedules]
@@ -118,9 +129,10 @@ class MultiBandDiffusion(nn.Module):
     def training_loss(
         self, wav: torch.Tensor, latent: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Noise-prediction MSE summed over bands (each band's U-Net gets the gradient of its own
-        loss, as when AudioCraft trains the bands separately): each item of ``wav`` (B, C, T) is
-        noised to its own random step (one step per batch when ``variable_step_batch`` is off)."""
+        """Prediction MSE (of the noise, or of the clean band for ``objective`` x0) summed over
+        bands (each band's U-Net gets the gradient of its own loss, as when AudioCraft trains the
+        bands separately): each item of ``wav`` (B, C, T) is noised to its own random step (one
+        step per batch when ``variable_step_batch`` is off)."""
         self._check(latent)
         total = wav.new_zeros(())
         for band, model, processor, schedule in zip(
@@ -131,7 +143,8 @@ class MultiBandDiffusion(nn.Module):
             steps = randint(schedule.num_steps, count, x.device, generator).expand(len(x))
             noise = randn(x.shape, x, generator)
             noisy = schedule.noisy(x, steps, noise)
-            total = total + F.mse_loss(model(noisy, steps, latent), noise)
+            target = x if self.objective == "x0" else noise
+            total = total + F.mse_loss(model(noisy, steps, latent), target)
         return total
 
     def sample(
@@ -162,9 +175,14 @@ class MultiBandDiffusion(nn.Module):
                 self.models, self.processors, self.schedules, chains, strict=True
             ):
 
-                def denoise(x: torch.Tensor, step: int, model: nn.Module = model) -> torch.Tensor:
+                def denoise(
+                    x: torch.Tensor, step: int, model: nn.Module = model, schedule=schedule
+                ) -> torch.Tensor:
                     bar.update()
-                    return model(x, step, latent)
+                    prediction = model(x, step, latent)
+                    if self.objective == "x0":
+                        return schedule.noise_from_x0(x, step, prediction)
+                    return prediction
 
                 initial = randn(shape, out, generator)
                 z = schedule.generate_subsampled(

@@ -81,6 +81,12 @@ class NoiseSchedule:
             1 - alpha_bar
         ).sqrt() * noise * self.noise_scale
 
+    def noise_from_x0(self, x: torch.Tensor, step: int, x0: torch.Tensor) -> torch.Tensor:
+        """The noise that makes ``x`` the noised ``x0`` at ``step`` (:meth:`noisy` solved for it)."""
+        alpha_bar = self.alpha_bar(step).to(x)
+        scale = (1 - alpha_bar).sqrt() * self.noise_scale
+        return (x - (alpha_bar.sqrt() / self.rescale) * x0) / scale
+
     def step_list(self, steps: int) -> list[int]:
         """The descending chain states a ``steps``-step sampler visits, ending with 0.
 
