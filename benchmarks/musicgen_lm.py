@@ -7,16 +7,19 @@ The three models get the same configuration (width, depth, heads, feed-forward, 
 no biases, pre-norm, random weights) and the same text condition as the text-only MusicGen
 models read it: cross-attention in every layer on ``(B, 16, dim)`` random encoder states (T5's
 projected output), all valid. Ours is ``MusicLM`` with ``cross_attention=True``; transformers'
-is ``MusicgenForCausalLM`` (SDPA attention, its default dynamic KV cache: the decoder of
-``MusicgenForConditionalGeneration``, fed the encoder states directly); AudioCraft's is
+is ``MusicgenForCausalLM`` (SDPA attention, its default dynamic KV cache, the cross-attention
+keys/values cached after the first step: the decoder of ``MusicgenForConditionalGeneration``,
+fed the encoder states directly; ``cache_implementation="static"`` fails in its MusicGen
+``generate`` with transformers 5.25, an IndexError one position past the cache); AudioCraft's is
 ``LMModel`` (``transformer_lm`` with ``cross_attention``, its streaming KV cache, torch
 attention as on CPU), whose condition provider hands over the same states.
 
 * training (``train``): frames/s of forward + backward + AdamW step on a fixed batch of random
   codes; ours is ``MusicLM.compute_loss`` (which also builds the delay pattern), transformers'
   the forward with ``labels`` (pattern built beforehand), AudioCraft's ``compute_predictions``
-  plus its solver's per-codebook cross-entropy. ``ours-bf16`` is ours under CPU bf16 autocast
-  (the weights stay float32); its loss difference from float32 is printed. Each round builds
+  plus its solver's per-codebook cross-entropy. ``<impl>-bf16`` rows run the same under CPU
+  bf16 autocast (the weights stay float32; ours' loss difference from float32 is printed; the
+  peers' rows show what the same switch gives them). Each round builds
   each implementation's optimizer, runs one warm-up step, then the timed steps, and frees the
   optimizer again (three optimizers of the small shape do not fit in memory together).
 * generation (``generate_b<B>``): frames/s of a fixed-duration generation, batch ``B``, with
@@ -29,7 +32,9 @@ attention as on CPU), whose condition provider hands over the same states.
   ``generate_uncached`` (tiny configs only) is batch 1 without the KV cache.
 
 Implementations alternate for ``--rounds`` rounds (one for the small config, whose run takes
-minutes); medians are compared. ``ratio`` = ours / theirs (higher is better). Threads:
+minutes); medians are compared. Speeds (``frames_per_s``) and the ratios are per second of this
+process's CPU time, which other jobs on a shared machine change far less than the wall time
+(``seconds``; both are printed). ``ratio`` = ours / theirs (higher is better). Threads:
 ``torch.get_num_threads()`` (set OMP_NUM_THREADS). AudioCraft's rows are skipped, with the
 reason printed, when it is not importable. Prints a table, then one JSON line.
 """
@@ -72,7 +77,7 @@ CFG_COEF = 3.0
 SIZES = {
     "tiny": {"train": (4, 375, 5), "generate": ((1, 4), 250)},
     "tiny_card2048": {"train": (4, 375, 5), "generate": ((1, 4), 250)},
-    "small": {"train": (4, 100, 1), "generate": ((1, 4), 50)},
+    "small": {"train": (4, 100, 2), "generate": ((1, 4), 50)},
 }
 QUICK_SIZES = {
     "tiny": {"train": (4, 375, 2), "generate": ((1, 4), 100)},
@@ -199,21 +204,27 @@ def audiocraft_model(ac: types.SimpleNamespace, cfg: LMConfig) -> torch.nn.Modul
 
 # ------------------------------------------------------------------------------ training
 def optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-    """MusicGen's AdamW, the same (multi-tensor) implementation for all."""
+    """MusicGen's AdamW, the same (fused) implementation for all: on CPU it takes 1/7 of the
+    multi-tensor one's time and none of its full-size temporaries."""
     return torch.optim.AdamW(
-        model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True
+        model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True
     )
 
 
 def loss_fn(name: str, cfg: LMConfig, model: torch.nn.Module, codes: torch.Tensor, states):
     """A closure computing the training loss of ``model`` on ``codes (B, K, T)`` given the text
-    ``states (B, P, dim)``."""
-    if name.startswith("ours"):
-        autocast = name == "ours-bf16"
+    ``states (B, P, dim)``; a ``-bf16`` name runs under CPU bf16 autocast."""
+    if name.endswith("-bf16"):
+        exact = loss_fn(name.removesuffix("-bf16"), cfg, model, codes, states)
 
         def loss() -> torch.Tensor:
-            with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-                return model.compute_loss(codes, states).loss
+            with torch.autocast("cpu", torch.bfloat16):
+                return exact()
+
+    elif name == "ours":
+
+        def loss() -> torch.Tensor:
+            return model.compute_loss(codes, states).loss
 
     elif name == "transformers":
         seq, mask = DelayPattern(cfg.n_q, cfg.delays).build(codes, cfg.card)
@@ -261,31 +272,36 @@ def bf16_loss_diff(model: MusicLM, sizes: tuple, states: torch.Tensor) -> float:
     return round(abs(float(fast) - float(exact)), 5)
 
 
-def timed(fn: Callable, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls."""
+def timed(fn: Callable, repeats: int) -> list[tuple[float, float]]:
+    """(wall, process CPU) seconds of each of ``repeats`` calls."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times.append((time.perf_counter() - wall, time.process_time() - cpu))
+    return times
+
+
+def medians(times: list[tuple[float, float]]) -> tuple[float, float]:
+    """Median wall and median CPU seconds."""
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
 
 def bench_train(cfg: LMConfig, models: dict, sizes: tuple, rounds: int, states) -> dict:
-    """Median seconds per training step by implementation."""
+    """Median (wall, CPU) seconds per training step by implementation."""
     batch, frames, steps = sizes
     codes = torch.randint(0, cfg.card, (batch, cfg.n_q, frames))
-    times: dict[str, list[float]] = {name: [] for name in models}
+    times: dict[str, list] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
             model.train()
             step = train_step(model, loss_fn(name, cfg, model, codes, states[:batch]))
             step()  # warm-up: allocates the gradients and the optimizer state
-            times[name].append(timed(step, steps))
+            times[name] += timed(step, steps)
             del step  # frees the optimizer state
             model.zero_grad(set_to_none=True)
             gc.collect()
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: medians(t) for name, t in times.items()}
 
 
 # ---------------------------------------------------------------------------- generation
@@ -344,7 +360,7 @@ def agreement(model: MusicLM, fast: MusicLM, states: torch.Tensor, steps: int = 
 
 
 def bench_generate(cfg, models, sizes, rounds, states, uncached: bool) -> dict:
-    """Median seconds per generation by (task, implementation)."""
+    """Median (wall, CPU) seconds per generation by (task, implementation)."""
     batches, frames = sizes
     tasks = [(f"generate_b{b}", b, True) for b in batches]
     if uncached:
@@ -359,11 +375,11 @@ def bench_generate(cfg, models, sizes, rounds, states, uncached: bool) -> dict:
             calls[name] = generate_call(name, cfg, model, batch, frames, cache, states)
             codes = calls[name]()
             assert tuple(codes.shape) == (batch, cfg.n_q, frames), (name, tuple(codes.shape))
-        times: dict[str, list[float]] = {name: [] for name in calls}
+        times: dict[str, list] = {name: [] for name in calls}
         for _ in range(rounds):
             for name, call in calls.items():
-                times[name].append(timed(call, 1))
-        out.update({(task, name): statistics.median(t) for name, t in times.items()})
+                times[name] += timed(call, 1)
+        out.update({(task, name): medians(t) for name, t in times.items()})
     return out
 
 
@@ -383,7 +399,7 @@ def bench_config(key: str, cfg: LMConfig, sizes: dict, rounds: int, ac, precisio
 
     train_models = dict(models)
     if "bfloat16" in precisions:
-        train_models["ours-bf16"] = models["ours"]
+        train_models.update({f"{name}-bf16": model for name, model in models.items()})
     batch, frames, _ = sizes["train"]
     if "ours-bf16" in train_models:
         notes["train_bf16_loss_diff"] = bf16_loss_diff(models["ours"], sizes["train"], states)
@@ -412,6 +428,8 @@ PRECISION_NAMES = {"bfloat16": "bf16", "int8": "int8"}
 
 
 def row(key, task, impl, batch, frames, seconds, cfg, params) -> dict:
+    """A table row; ``seconds``: (wall, CPU); the speeds are per CPU second."""
+    wall, cpu = seconds
     return {
         "config": key,
         "task": task,
@@ -419,9 +437,10 @@ def row(key, task, impl, batch, frames, seconds, cfg, params) -> dict:
         "batch": batch,
         "frames": frames,
         "params_M": None if params is None else round(params / 1e6, 1),
-        "seconds": round(seconds, 4),
-        "frames_per_s": round(batch * frames / seconds, 2),
-        "tokens_per_s": round(batch * frames * cfg.n_q / seconds, 1),
+        "seconds": round(wall, 4),
+        "cpu_seconds": round(cpu, 4),
+        "frames_per_s": round(batch * frames / cpu, 2),
+        "tokens_per_s": round(batch * frames * cfg.n_q / cpu, 1),
     }
 
 
@@ -432,7 +451,10 @@ def ratios(rows: list[dict]) -> dict:
     for config, task, impl in speed:
         if not impl.startswith("ours"):
             continue
-        for peer in ("transformers", "audiocraft"):
+        peers = ["transformers", "audiocraft"]
+        if impl.endswith("-bf16"):  # also against the peers under the same autocast
+            peers += ["transformers-bf16", "audiocraft-bf16"]
+        for peer in peers:
             if (config, task, peer) in speed:
                 value = speed[config, task, impl] / speed[config, task, peer]
                 out[f"{config}/{task}/{impl}_over_{peer}"] = round(value, 2)
@@ -473,7 +495,16 @@ def main() -> None:
         )
         rows += config_rows
         gc.collect()
-    columns = ["config", "task", "impl", "batch", "frames", "seconds", "frames_per_s"]
+    columns = [
+        "config",
+        "task",
+        "impl",
+        "batch",
+        "frames",
+        "seconds",
+        "cpu_seconds",
+        "frames_per_s",
+    ]
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {load:.2f}")
     print(markdown_table(rows, columns))

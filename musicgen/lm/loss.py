@@ -39,6 +39,7 @@ class _HeadsCrossEntropy(torch.autograd.Function):
             grad_weight = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, acc))
         grad_bias = None if bias is None or not with_grad else torch.zeros_like(bias)
         w = weight.to(hidden.dtype)
+        autocast = torch.is_autocast_enabled(hidden.device.type)
         step = max(1, CHUNK_LOGITS // weight.shape[0])
         for start in range(0, tokens, step):
             h = hidden[start : start + step]
@@ -56,7 +57,7 @@ class _HeadsCrossEntropy(torch.autograd.Function):
             dlogits.mul_((ok * scale)[..., None])
             d = dlogits.view(h.shape[0], -1).to(h.dtype)
             grad_hidden[start : start + step] = d @ w
-            if d.dtype == grad_weight.dtype:
+            if d.dtype == grad_weight.dtype and not autocast:  # in place: no autocast for it
                 grad_weight.addmm_(d.t(), h)
             else:
                 grad_weight += (d.t() @ h).to(grad_weight.dtype)
