@@ -86,3 +86,25 @@ def test_generation_copies_agree_with_float32(precision, min_agreement, max_logi
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
         text_lm().for_generation("float16")
+
+
+@pytest.mark.slow  # 10+ s: a transformers release folder saved, loaded, quantized
+def test_generate_cli_precision(tmp_path, capsys):
+    """``python -m musicgen.generate --precision int8`` writes the WAV from a release folder;
+    int8 on a GPU is one error line."""
+    import soundfile as sf
+
+    from musicgen.generate import main
+
+    release = pytest.importorskip("tests.test_musicgen_pretrained")  # transformers, MiniLM
+    tokenizer = release.transformers.AutoTokenizer.from_pretrained(release.minilm.get_model_path())
+    release.save_release(tmp_path / "release", tokenizer)
+    out = tmp_path / "out.wav"
+    argv = ["--model", str(tmp_path / "release"), "--text", "a calm chorale", "--out", str(out)]
+    assert main([*argv, "--duration", "0.2", "--device", "cpu", "--precision", "int8"]) == 0
+    audio, rate = sf.read(out)
+    assert rate == 32000 and len(audio) == 6400
+    capsys.readouterr()
+    assert main([*argv, "--device", "meta", "--precision", "int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "CPU only" in err
