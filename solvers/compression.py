@@ -9,6 +9,13 @@ Each training batch, with a number of codebooks drawn from ``codebooks`` (quanti
    which is outside the balancer;
 4. the generator's EMA copy is updated (the discriminator has none).
 
+Under data parallelism every rank makes the update one process would make on the union of the
+ranks' batches (``loader.global_batches=true`` even gives the same batches on any number of
+processes): codebook statistics and the balancer's gradient norms are those of the union batch,
+relative feature matching divides by the union batch's feature sizes, and the codec's random
+draws (k-means initialisation, dead-code refills) are seeded from the run's seed and the
+generator step (the number of codebooks is drawn from the step).
+
 Lightning's ``global_step`` counts optimizer steps, and every batch steps both optimizers, so
 ``trainer.max_steps`` is **twice the number of generator steps** (and checkpoint intervals
 count the same way); the ``step`` of logged metrics counts batches, i.e. generator steps.

@@ -1,6 +1,7 @@
-"""Collectives for the codebooks' training statistics; the identity without a process group.
+"""Collectives for the codec's training statistics (codebook counts and sums, k-means rows,
+relative feature-matching scales); the identity without a process group.
 
-Each is called by every rank in the same order (the codebooks' training forward is), and
+Each is called by every rank in the same order (the codec's training step is), and
 works for any number of rows per rank, zero included.
 """
 
