@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--grammar",
         choices=GRANULARITIES,
-        help="mask tokens MT3's decoding would reject, for a model trained with this program "
-        "granularity (helps small models; default: MT3's plain greedy decoding)",
+        help="mask tokens the model type's targets never hold (MT3's or the piano model's token "
+        "format), for a model trained with this program granularity (the piano model: flat; "
+        "helps small models; default: MT3's plain greedy decoding)",
     )
     parser.add_argument(
         "--model-type",

@@ -182,8 +182,8 @@ class MT3Solver(L.LightningModule):
     linear ``roll_head`` on the encoder output predicts each frame's onsets and sounding
     pitches (:func:`crop_rolls`), binary cross-entropy times the weight; the head is used in
     training only and is not part of the transcription model;
-    ``constrained_decoding`` decodes validation and test pieces with MT3's token grammar
-    (:mod:`musicgen.transcription.grammar`) instead of plain greedy (``mt3`` model type only).
+    ``constrained_decoding`` decodes validation and test pieces with the token grammar of the
+    model type's format (:mod:`musicgen.transcription.grammar`) instead of plain greedy.
 
     ``model_type`` (:data:`~musicgen.transcription.transcriber.MODEL_TYPES`) sets the
     vocabulary, segment length, ties and default ``granularity``, as magenta/mt3's
@@ -223,11 +223,6 @@ class MT3Solver(L.LightningModule):
         if optim.get("name") not in ("adafactor", "adamw"):
             raise UserError(
                 f"solver optim.name {optim.get('name')!r} is unknown: use adafactor or adamw"
-            )
-        if constrained_decoding and model_type != "mt3":
-            raise UserError(
-                f"solver constrained_decoding needs MT3's vocabulary, not model_type {model_type}: "
-                "set solver.module.constrained_decoding=false"
             )
         self.save_hyperparameters()
         self.granularity: Granularity = granularity

@@ -364,8 +364,6 @@ def test_piano_tables_use_the_2021_papers_layout() -> None:
 def test_piano_model_type_errors() -> None:
     with pytest.raises(UserError, match="model_type 'piano' is unknown"):
         solver(model_type="piano")
-    with pytest.raises(UserError, match="constrained_decoding"):
-        solver(model_type="ismir2021", constrained_decoding=True)
     with pytest.raises(UserError, match="smaller than the 1664"):
         MT3Solver(
             {**TINY, "vocab_size": 1536}, {"name": "adamw", "lr": 1e-3}, model_type="ismir2021"
@@ -388,6 +386,7 @@ def test_piano_config_derives_crops_from_the_model_type() -> None:
     validate_config(piano)
     assert piano.solver.data.segment_seconds == 4.096 and piano.solver.module.granularity is None
     assert preset.dataset.name == "maestro" and preset.solver.data.segment_seconds == 4.096
+    assert preset.solver.module.constrained_decoding is True
     with pytest.raises(UserError, match="set it to 4.096"):
         validate_config(mismatch)
 

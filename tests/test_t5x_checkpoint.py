@@ -315,9 +315,13 @@ def test_model_type_follows_the_checkpoint(checkpoint) -> None:
     if model_type == "mt3":  # too few ids for the piano codec
         with pytest.raises(UserError, match="smaller than"):
             Transcriber.from_pretrained(directory, model_type="ismir2021")
-    else:  # the grammar knows MT3's vocabulary only
-        with pytest.raises(UserError, match="grammar"):
-            Transcriber.from_pretrained(directory, grammar="flat")
+    else:  # constrained decoding in the piano token format: the decoder drops nothing and
+        # rejects at most note-offs of pitches the previous segment left silent
+        constrained = Transcriber.from_pretrained(directory, grammar="flat", max_length=48)
+        decoded = constrained.transcribe_notes(
+            np.random.default_rng(0).standard_normal(70_000), 16000
+        )
+        assert decoded.dropped == 0 and decoded.invalid <= 128
     kind = transcriber.model_type
     assert (
         kind.segment_frames,

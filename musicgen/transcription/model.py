@@ -50,7 +50,7 @@ from torch import nn
 
 from musicgen.checkpoint_io import first_line
 from musicgen.errors import UserError
-from musicgen.transcription.grammar import TokenGrammar
+from musicgen.transcription.grammar import GrammarSpec, TokenGrammar
 from musicgen.transcription.t5x_checkpoint import read_t5x_checkpoint
 from musicgen.transcription.vocabulary import EOS_ID, PAD_ID, VOCAB_SIZE, Granularity
 
@@ -353,7 +353,7 @@ class MT3Model(nn.Module):
         frames: torch.Tensor,
         max_length: int = 1024,
         use_cache: bool = True,
-        grammar: Granularity | None = None,
+        grammar: Granularity | GrammarSpec | None = None,
     ) -> torch.Tensor:
         """Greedy transcription of log-mel frames ``(B, T, 512)``; see :meth:`greedy_decode`."""
         return self.greedy_decode(self.encoder(frames), max_length, use_cache, grammar)
@@ -364,12 +364,13 @@ class MT3Model(nn.Module):
         encoded: torch.Tensor,
         max_length: int = 1024,
         use_cache: bool = True,
-        grammar: Granularity | None = None,
+        grammar: Granularity | GrammarSpec | None = None,
     ) -> torch.Tensor:
         """``(B, max_length)`` model ids decoded from encoder outputs, each row ending at its
-        first EOS and PAD after it (or cut at ``max_length``). With ``grammar`` (the program
-        granularity the model was trained with) tokens that MT3's note decoding would reject
-        are masked (:mod:`musicgen.transcription.grammar`); ``None`` is MT3's plain greedy."""
+        first EOS and PAD after it (or cut at ``max_length``). With ``grammar`` (the model's
+        token format, :class:`GrammarSpec`, or for MT3's format the program granularity it was
+        trained with) tokens its targets never hold are masked
+        (:mod:`musicgen.transcription.grammar`); ``None`` is MT3's plain greedy."""
         batch = encoded.shape[0]
         tokens = torch.full((batch, 1), PAD_ID, dtype=torch.long, device=encoded.device)
         done = torch.zeros(batch, dtype=torch.bool, device=encoded.device)

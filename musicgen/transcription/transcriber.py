@@ -36,6 +36,7 @@ from musicgen.checkpoint_io import check_solver, first_line, load_lightning_chec
 from musicgen.errors import UserError
 from musicgen.notes import notes_to_midi
 from musicgen.transcription.frontend import LogMelFrontend, split_track
+from musicgen.transcription.grammar import GrammarSpec, segment_max_shift
 from musicgen.transcription.model import MT3Config, MT3Model, model_from_t5x
 from musicgen.transcription.segments import (
     SAMPLE_RATE,
@@ -61,6 +62,13 @@ class ModelType:
     segment_frames: int
     ties: bool
     granularity: Granularity
+
+    def grammar(self, granularity: Granularity) -> GrammarSpec:
+        """The token format of this type's targets under ``granularity``, for constrained
+        decoding; shifts are bounded by the segment in the piano format only (MT3's grammar
+        stays as it was)."""
+        bound = None if self.ties else segment_max_shift(self.segment_frames)
+        return GrammarSpec(granularity, self.codec, self.ties, bound)
 
 
 MODEL_TYPES: dict[str, ModelType] = {
@@ -98,15 +106,17 @@ def transcribe_track(
     model_type: ModelType = MODEL_TYPES["mt3"],
 ) -> DecodedNotes:
     """Notes of a mono 16 kHz track ``(N,)``: segments of the model type decoded in batches,
-    then stitched; ``grammar``: see :meth:`MT3Model.greedy_decode`."""
+    then stitched; ``grammar``: the program granularity to constrain decoding with in the
+    type's token format (:meth:`ModelType.grammar`, :meth:`MT3Model.greedy_decode`)."""
     segments, frames = split_track(samples, model_type.segment_frames)
+    spec = None if grammar is None else model_type.grammar(grammar)
     device = next(model.parameters()).device
     tokens = []
     for start in range(0, len(segments), batch_size):
         inputs = frontend(
             segments[start : start + batch_size].to(device), frames[start : start + batch_size]
         )
-        tokens += list(model.generate(inputs, max_length, use_cache, grammar).cpu().numpy())
+        tokens += list(model.generate(inputs, max_length, use_cache, spec).cpu().numpy())
     origins = segment_origin_times(len(tokens), model_type.segment_frames)
     return stitch_segments(tokens, origins, codec=model_type.codec, ties=model_type.ties)
 
@@ -163,9 +173,9 @@ def _load_t5x(path: Path) -> MT3Model:
 
 class Transcriber:
     """An :class:`MT3Model` with its front end and decoding settings (``grammar``: the program
-    granularity to constrain decoding with, see :meth:`MT3Model.greedy_decode`, ``mt3`` models
-    only; ``model_type``: a name in :data:`MODEL_TYPES`, by default read from the vocabulary
-    size)."""
+    granularity to constrain decoding with in the model type's token format, see
+    :func:`transcribe_track`; ``model_type``: a name in :data:`MODEL_TYPES`, by default read
+    from the vocabulary size)."""
 
     def __init__(
         self,
@@ -177,11 +187,6 @@ class Transcriber:
     ) -> None:
         self.model = model.eval()
         self.model_type = model_type_of(model, model_type)
-        if grammar is not None and self.model_type.codec != MT3_CODEC:
-            raise UserError(
-                "grammar-constrained decoding needs MT3's vocabulary, not that of "
-                f"{self.model_type.name!r}: leave the grammar out"
-            )
         self.frontend = LogMelFrontend().to(next(model.parameters()).device)
         self.batch_size, self.max_length, self.grammar = batch_size, max_length, grammar
 
