@@ -10,7 +10,9 @@ shuffling (``SimpleShardList``), splitting a rank's shards over its loader worke
 What we add, each where it is used, with the reason: splitting by rank with the trainer's rank,
 sample-level splitting when there are fewer shards than readers, reading tars by header (data.tar_reader),
 counting skips by reason, decoding without pickle (data.decode), whole passes instead of
-resampling, and epochs cut from one long-lived loader iterator (:class:`EpochLoader`).
+resampling, epochs cut from one long-lived loader iterator (:class:`EpochLoader`), and each
+rank's slice of global batches (:func:`batch_part`: splitting shards or samples, as webdataset
+does, gives each world size other batches).
 
 * Training: the shards are split over ranks and each rank's over its loader workers (when
   there are fewer shards than readers, every reader reads all shards and keeps its own share of
