@@ -17,14 +17,16 @@ tests/test_ddp_equivalence.py and tests/test_fault_tolerance.py).
   parameters, codebooks, balancer statistics and Adam moments of 1 process with the doubled
   batch, in float64 (``trainer.precision=64-true``). In float32 the two runs part by rounding
   alone: gradients are summed in another order (gloo adds the ranks' halves) and the untrained
-  discriminator's gradients cancel to the size of that rounding (2.9e-8 apart on elements of
-  1e-8 for one step on the same batch in one process), where Adam's per-element normalisation
+  discriminator's gradients cancel to the size of that rounding (in one process, on one random
+  batch, the union's gradient and the mean of its halves' differ by up to 2.9e-8 where the
+  largest elements are 3e-6 and many are near 1e-8), where Adam's per-element normalisation
   turns a sign flip into a full lr-size (1e-3) difference; the codebooks' nearest-code choices
   then part on near ties. Measured in float32: 2.0e-3 on the discriminator and 4.8e-7 on the
-  generator after one batch, 3.6e-3 and 2.0e-3 after four (code counts then 0.15 apart). In float64 the rounding is 1e-16 relative, far below Adam's eps (1e-8):
-  measured 9.0e-14 on the discriminator, 4.4e-16 on the generator and its EMA, 8.8e-15 on the
-  codebooks, 3.6e-15 on the balancer's statistics. The tolerance, 1e-9,
-  leaves room for another reduction order; the defects found on the way gave far more (the
+  generator after one batch, 3.6e-3 and 2.0e-3 after four (code counts then 0.15 apart). In
+  float64 the rounding is 1e-16 relative, far below Adam's eps (1e-8): measured 9.0e-14 on the
+  discriminator, 4.4e-16 on the generator and its EMA, 8.8e-15 on the codebooks, 3.6e-15 on the
+  balancer's statistics. The tolerance, 1e-9, leaves room for another reduction order (more
+  ranks, another all-reduce algorithm); the defects found on the way gave far more (the
   k-means initialisation drew on the global RNG, which Lightning's DDP start-up leaves in another
   state: code counts 1.0 apart after one batch; relative feature matching was scaled by each
   rank's half batch: parameters 1.9e-5 apart after its first batch). 5 items per rank so that the
