@@ -219,8 +219,8 @@ class CompressionSolver(L.LightningModule):
     def _step_rng(self) -> Iterator[None]:
         """The global RNG seeded from the run's seed and the generator step, restored after: the
         codebooks' k-means initialisation and dead-code refills draw the same on any number of
-        processes (the global RNG's state at a step depends on what Lightning and the loaders
-        drew before) and on resume."""
+        processes (Lightning's DDP set-up re-seeds the global RNG after the weights were drawn,
+        one process does not) and on resume."""
         devices = [self.device] if self.device.type != "cpu" else []
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
             torch.manual_seed((self.seed + self.generator_steps) % 2**63)

@@ -135,7 +135,7 @@ def test_codebook_draws_depend_on_the_step_not_on_the_global_rng() -> None:
     from the run's seed and the generator step, and restores the global RNG after it."""
     audio = fixed_batch()["audio"]
     codebooks = []
-    for seed in (1, 2):  # what Lightning and the loaders drew before differs between layouts
+    for seed in (1, 2):  # Lightning's DDP set-up re-seeds the global RNG, one process does not
         torch.manual_seed(0)
         solver = small_solver()
         torch.manual_seed(seed)

@@ -27,8 +27,8 @@ tests/test_ddp_equivalence.py and tests/test_fault_tolerance.py).
   discriminator, 4.4e-16 on the generator and its EMA, 8.8e-15 on the codebooks, 3.6e-15 on the
   balancer's statistics. The tolerance, 1e-9, leaves room for another reduction order (more
   ranks, another all-reduce algorithm); the defects found on the way gave far more (the
-  k-means initialisation drew on the global RNG, which Lightning's DDP start-up leaves in another
-  state: code counts 1.0 apart after one batch; relative feature matching was scaled by each
+  k-means initialisation drew on the global RNG, which Lightning's DDP set-up re-seeds after the
+  weights were drawn and one process does not: code counts 1.0 apart after one batch; relative feature matching was scaled by each
   rank's half batch: parameters 1.9e-5 apart after its first batch). 5 items per rank so that the
   k-means starts from distinct latent vectors (310 for 256 codes): with fewer vectors than codes
   it starts from duplicates, and which of two identical codes a vector picks is decided by the
