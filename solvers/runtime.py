@@ -23,6 +23,7 @@ from data.datamodule import MusicDataModule, SkipReport, SolverData
 from musicgen.errors import UserError
 from solvers.cluster import cluster_value, rank_suffix, rank_zero_only
 from solvers.preemption import AtomicCheckpointIO, LastCheckpoint, cluster_plugins
+from solvers.rank_streams import RankStreams
 from solvers.run_config import SolverConfigRecorder
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     """``last.ckpt`` (by steps, by wall-clock time, on preemption, at the end: one writer, see
     :class:`solvers.preemption.LastCheckpoint`), the best ``checkpoint.save_top_k`` checkpoints by
     the solver's monitor when asked, learning-rate logging, the progress bar, skip totals
-    (:class:`data.datamodule.SkipReport`), and ``cfg.callbacks``
+    (:class:`data.datamodule.SkipReport`), per-rank random streams
+    (:class:`solvers.rank_streams.RankStreams`), and ``cfg.callbacks``
     (a dict of ``_target_`` nodes, e.g. ``+callbacks.ema._target_=...``).
     """
     dirpath = checkpoint_dir(run_dir)
@@ -140,6 +142,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         RichProgressBar(),
         SolverConfigRecorder(cfg),
         SkipReport(),
+        RankStreams(cfg.seed),
     ]
     if cfg.checkpoint.save_top_k > 0:
         callbacks.append(
