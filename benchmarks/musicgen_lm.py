@@ -85,6 +85,7 @@ QUICK_SIZES = {
     "small": {"train": (4, 25, 1), "generate": ((1, 4), 10)},
 }
 TARGETS = {
+    "cache_speedup_250": 5.0,
     "train_ratio_transformers": 1.5,
     "train_ratio_audiocraft": 1.5,
     "generate_ratio_transformers": 2.0,
@@ -445,10 +446,14 @@ def row(key, task, impl, batch, frames, seconds, cfg, params) -> dict:
 
 
 def ratios(rows: list[dict]) -> dict:
-    """ours (and its variants) / each peer per (config, task)."""
+    """ours (and its variants) / each peer per (config, task); cached (batch 1) / uncached
+    generation per (config, implementation)."""
     speed = {(r["config"], r["task"], r["impl"]): r["frames_per_s"] for r in rows}
     out = {}
     for config, task, impl in speed:
+        if task == "generate_uncached":
+            value = speed[config, "generate_b1", impl] / speed[config, task, impl]
+            out[f"{config}/{impl}/cache_speedup"] = round(value, 2)
         if not impl.startswith("ours"):
             continue
         peers = ["transformers", "audiocraft"]

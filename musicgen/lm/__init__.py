@@ -6,6 +6,7 @@ Typical use::
     out = lm.compute_loss(codes, prefix, prefix_mask)        # codes (B, K, T)
     out.loss.backward()
     codes = lm.generate(prefix, prefix_mask, null_prefix, null_mask, num_frames=250)
+    fast = lm.for_generation("int8")  # or "bfloat16": faster CPU decoding, close tokens
 """
 
 from musicgen.lm.config import LMConfig
