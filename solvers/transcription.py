@@ -284,11 +284,12 @@ class MT3Solver(L.LightningModule):
                 predicted, rolls
             )
         mask = targets != PAD_ID
+        log_z = logits.logsumexp(-1)
         if self.hparams.shift_smoothing > 0:
             nll = shift_smoothed_nll(logits, targets, self.hparams.shift_smoothing)
-        else:
-            nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        per_token = nll + self.hparams.z_loss * logits.logsumexp(-1).square()
+        else:  # cross-entropy from the z-loss's logsumexp: one pass over the logits, no copy
+            nll = log_z - logits.gather(-1, targets[..., None])[..., 0]
+        per_token = nll + self.hparams.z_loss * log_z.square()
         count = mask.sum().clamp(min=1)
         accuracy = ((logits.argmax(-1) == targets) & mask).sum() / count
         return (per_token * mask).sum() / count + roll_loss, accuracy

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from musicgen.errors import UserError
@@ -101,6 +102,20 @@ def test_roll_targets_and_auxiliary_loss() -> None:
     assert aux.roll_head.weight.grad.abs().sum() > 0
     assert loss > plain.training_step(batch, 0)  # same weights (seed 0) plus the BCE term
     assert not any(k.startswith("roll_head") for k in aux.model.state_dict())
+
+
+def test_loss_is_cross_entropy_plus_z_loss_over_real_tokens() -> None:
+    mt3 = solver(z_loss=1e-2)
+    frames = torch.randn(2, 256, 512)
+    targets = torch.tensor([[5, 900, 1, 0], [7, 1, 0, 0]])
+    loss, accuracy = mt3._loss(frames, targets)
+    inputs = F.pad(targets[:, :-1], (1, 0), value=PAD_ID)
+    logits = mt3.model(frames, inputs).double()
+    mask = targets != PAD_ID
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    expected = ((nll + 1e-2 * logits.logsumexp(-1).square()) * mask).sum() / mask.sum()
+    assert torch.allclose(loss.double(), expected, rtol=1e-5)
+    assert accuracy == ((logits.argmax(-1) == targets) & mask).sum() / mask.sum()
 
 
 def test_targets_longer_than_the_limit_are_skipped_not_cut() -> None:
