@@ -26,7 +26,8 @@ attention as on CPU), whose condition provider hands over the same states.
   classifier-free guidance (coefficient 3, conditional and null rows in one batch, as released;
   the null states are zeros), top-k 250 sampling, KV cache on, the same number of decoding
   steps for all (``frames + codebooks - 1``). Ours also runs its generation copies
-  (``MusicLM.for_generation``): ``ours-bf16`` (bf16 linear weights, bf16 autocast) and
+  (``MusicLM.for_generation``): ``ours-packed`` (float32, the linear weights reordered by
+  oneDNN for few-row products), ``ours-bf16`` (bf16 linear weights, bf16 autocast) and
   ``ours-int8`` (dynamic int8 linear layers); their conversion time is printed, not timed, and
   their greedy agreement with float32 (50 steps) and logits difference are printed.
   ``generate_uncached`` (tiny configs only) is batch 1 without the KV cache.
@@ -425,7 +426,7 @@ def bench_config(key: str, cfg: LMConfig, sizes: dict, rounds: int, ac, precisio
     return rows, notes
 
 
-PRECISION_NAMES = {"bfloat16": "bf16", "int8": "int8"}
+PRECISION_NAMES = {"float32": "packed", "bfloat16": "bf16", "int8": "int8"}
 
 
 def row(key, task, impl, batch, frames, seconds, cfg, params) -> dict:
@@ -474,8 +475,8 @@ def main() -> None:
     parser.add_argument(
         "--precisions",
         nargs="*",
-        default=["bfloat16", "int8"],
-        choices=["bfloat16", "int8"],
+        default=["float32", "bfloat16", "int8"],
+        choices=["float32", "bfloat16", "int8"],
         help="our generation copies (and bf16 autocast training) to time besides float32",
     )
     parser.add_argument(

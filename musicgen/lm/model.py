@@ -205,9 +205,9 @@ class MusicLM(nn.Module):
 
     # --------------------------------------------------------------- generation
     def for_generation(self, precision: str = "float32") -> MusicLM:
-        """A copy for :meth:`generate` whose linear layers run in ``precision`` (``float32``,
-        ``bfloat16`` or ``int8``): faster decoding on CPU, slightly different logits; see
-        :mod:`musicgen.lm.precision`."""
+        """A copy for :meth:`generate` whose linear layers run in ``precision``: faster decoding
+        on CPU; ``float32`` with oneDNN-packed weights (the same logits up to rounding),
+        ``bfloat16`` or ``int8`` (slightly different logits); see :mod:`musicgen.lm.precision`."""
         return generation_copy(self, precision)
 
     def precision_context(self):

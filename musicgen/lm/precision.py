@@ -1,13 +1,16 @@
 """Generation copies of the MusicGen LM with cheaper linear layers, for CPU decoding, where
 every step reads all the weights for a few rows and memory traffic bounds the speed.
 
+* ``float32``: on the CPU (with oneDNN), the linear layers' weights reordered once by oneDNN
+  for products with a few rows (:class:`PackedLinear`: about 2x faster at batch 1 than the
+  plain product, logits equal up to float32 rounding); elsewhere a plain copy;
 * ``bfloat16``: the linear layers' weights in bf16, run under bf16 autocast (activations are
   cast to bf16 for the matmuls; embeddings, norms and the residual stream stay float32);
 * ``int8``: the linear layers quantized dynamically (``torch.ao.quantization.quantize_dynamic``:
   int8 weights per tensor, activations quantized per call, float32 in and out).
 
-Both change the logits slightly (see ``tests/test_lm_fast.py`` for the agreement with float32);
-``float32`` is a plain copy. A copy is for generation only: its parameter names and types differ
+The last two change the logits slightly (see ``tests/test_lm_fast.py`` for the agreement with
+float32). A copy is for generation only (no gradients): its parameter names and types differ
 (the cross-attention ``in_proj`` is split into ``query`` and ``key_value`` first).
 """
 
@@ -27,6 +30,40 @@ if TYPE_CHECKING:
     from musicgen.lm.model import MusicLM
 
 PRECISIONS = ("float32", "bfloat16", "int8")
+PACKED_ROWS = 2  # oneDNN's hint: the rows of a decoding step at batch 1 with CFG
+
+
+class PackedLinear(nn.Module):
+    """A float32 ``nn.Linear`` for inference on the CPU, its weight reordered by oneDNN for
+    products with a few rows."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_ROWS)
+        self.bias = None if linear.bias is None else linear.bias.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def packable(lm: MusicLM) -> bool:
+    """Whether oneDNN can pack ``lm``'s linear layers (float32 on the CPU)."""
+    return (
+        torch.backends.mkldnn.is_available()
+        and lm.emb.device.type == "cpu"
+        and lm.heads.weight.dtype == torch.float32
+    )
+
+
+def pack_linears(module: nn.Module) -> None:
+    """Replace every ``nn.Linear`` inside ``module`` by a :class:`PackedLinear`."""
+    for child_name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(module, child_name, PackedLinear(child))
+        else:
+            pack_linears(child)
 
 
 def generation_copy(lm: MusicLM, precision: str) -> MusicLM:
@@ -35,11 +72,14 @@ def generation_copy(lm: MusicLM, precision: str) -> MusicLM:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     fast = copy.deepcopy(lm).eval()
     fast.precision = precision
-    if precision == "float32":
+    if precision == "float32" and not packable(fast):
         return fast
     for module in fast.modules():
         if isinstance(module, CrossAttention):
             module.split_projections()
+    if precision == "float32":
+        pack_linears(fast)
+        return fast
     if precision == "bfloat16":
         for module in fast.modules():
             if isinstance(module, nn.Linear):
