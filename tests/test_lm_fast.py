@@ -17,7 +17,7 @@ from musicgen.lm.transformer import CrossAttention
 CARD, DIM = 64, 64
 LINEARS = {  # the linear layers of each generation copy
     "float32": PackedLinear if torch.backends.mkldnn.is_available() else torch.nn.Linear,
-    "bfloat16": torch.nn.Linear,
+    "bfloat16": PackedLinear if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.nn.Linear,
     "int8": torch.ao.nn.quantized.dynamic.Linear,
 }
 
