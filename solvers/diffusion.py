@@ -56,9 +56,11 @@ PAPER_NOTE = (
     f"Published rows: MBD ({PAPER}) compares its decoder with EnCodec's on EnCodec 24 kHz tokens "
     "at 1.5, 3 and 6 kbps (the bitrates of AudioCraft's released models, docs/MBD.md) with "
     "listening tests and objective scores, on its own evaluation audio. The public copies we "
-    "could search (the arXiv/ar5iv and OpenReview abstracts, secondary summaries) do not expose "
-    "the numbers of its tables, so these rows name the settings and leave the values empty "
-    "rather than guess them; none of its metrics is computed on our test split anyway."
+    "could search (the arXiv/ar5iv and OpenReview abstracts, AudioCraft's docs/MBD.md, secondary "
+    "summaries) do not expose the numbers of its tables (benchmark aggregators list a few values "
+    "without the table, bitrate or system they belong to), so these rows name the settings and "
+    "leave the values empty rather than guess them; none of its metrics is computed on our test "
+    "split anyway."
 )
 PAPER_ROWS = [
     {
