@@ -8,7 +8,9 @@ project's 2-core machine for a whole-file batch (183 MB of float32), the page al
 faults, not the copy, are what cost the worker ~0.12 s against ~0.39 s of decoding. Writing the
 values into an unmapped memory file with one ``pwrite`` allocates the pages without zeroing or
 faults and costs about a third less; the tensor is then already shared, so sending it neither
-copies nor opens another file descriptor (one per storage, as before).
+copies nor opens another file descriptor (one per storage, as before). A memory file
+(``memfd_create``) is also not bounded by the size of ``/dev/shm`` (64 MB in a default Docker
+container), only by memory.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import os
 
 import torch
 
+_AVAILABLE = hasattr(os, "memfd_create") and hasattr(torch.UntypedStorage, "_new_shared_fd_cpu")
+
 
 def to_shared(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor``'s values (same dtype, shape and contiguous strides) in a new shared-memory
     storage holding only them; ``tensor`` itself when it is already shared, empty, or this
-    platform has no ``memfd_create`` (then PyTorch moves it when it is sent, as usual)."""
-    if tensor.is_shared() or tensor.numel() == 0 or not hasattr(os, "memfd_create"):
+    platform or PyTorch lacks what it needs (then PyTorch moves it when it is sent, as usual)."""
+    if tensor.is_shared() or tensor.numel() == 0 or not _AVAILABLE:
         return tensor
     values = tensor.contiguous()
     nbytes = values.numel() * values.element_size()
