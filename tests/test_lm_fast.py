@@ -93,6 +93,17 @@ def test_generation_copies_agree_with_float32(precision, min_agreement, max_logi
     assert torch.equal(greedy(model, states), expected)
 
 
+@torch.no_grad()
+def test_in_place_conversion_packs_the_model_itself():
+    model, states = text_lm(), text_states()
+    seq = sequence(model)
+    expected, expected_tokens = model(seq, states), greedy(model, states)
+    fast = model.for_generation("float32", inplace=True)
+    assert fast is model and isinstance(model.heads, LINEARS["float32"])
+    assert float((model(seq, states) - expected).abs().max()) <= 1e-4
+    assert torch.equal(greedy(model, states), expected_tokens)
+
+
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
         text_lm().for_generation("float16")

@@ -204,11 +204,12 @@ class MusicLM(nn.Module):
         return LMLoss(loss, ce_per_codebook, ce_per_codebook.exp())
 
     # --------------------------------------------------------------- generation
-    def for_generation(self, precision: str = "float32") -> MusicLM:
+    def for_generation(self, precision: str = "float32", inplace: bool = False) -> MusicLM:
         """A copy for :meth:`generate` whose linear layers run in ``precision``: faster decoding
         on CPU; ``float32`` with oneDNN-packed weights (the same logits up to rounding),
-        ``bfloat16`` or ``int8`` (slightly different logits); see :mod:`musicgen.lm.precision`."""
-        return generation_copy(self, precision)
+        ``bfloat16`` or ``int8`` (slightly different logits); see :mod:`musicgen.lm.precision`.
+        ``inplace`` converts this model instead of a copy (it then only generates)."""
+        return generation_copy(self, precision, inplace)
 
     def precision_context(self):
         """The autocast context this model's linear layers need (bf16 copies)."""

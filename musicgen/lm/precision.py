@@ -73,11 +73,13 @@ def pack_linears(module: nn.Module, dtype: torch.dtype) -> None:
             pack_linears(child, dtype)
 
 
-def generation_copy(lm: MusicLM, precision: str) -> MusicLM:
-    """A copy of ``lm`` in eval mode whose linear layers run at ``precision``."""
+def generation_copy(lm: MusicLM, precision: str, inplace: bool = False) -> MusicLM:
+    """A copy of ``lm`` in eval mode whose linear layers run at ``precision``; ``inplace``
+    converts ``lm`` itself (no second copy of the weights in memory: a large model on a small
+    machine)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    fast = copy.deepcopy(lm).eval()
+    fast = (lm if inplace else copy.deepcopy(lm)).eval()
     fast.precision = precision
     dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
     if precision == "float32" and not packable(fast, dtype):
