@@ -418,16 +418,8 @@ class MT3Solver(L.LightningModule):
         name = self.hparams.dataset_name
         if self.model_type.name == "ismir2021":
             return self._piano_tables(name)
-        paper2, paper3 = PAPER_TABLE2.get(name, {}), PAPER_TABLE3.get(name, {})
-        table2 = [
-            {
-                "metric": label,
-                "MT3 (single dataset)": paper2.get(key, (None, None))[0],
-                "MT3 (mixture)": paper2.get(key, (None, None))[1],
-                "ours": self.test_scores.get(key),
-            }
-            for key, label in TABLE2_ROWS.items()
-        ]
+        paper3 = PAPER_TABLE3.get(name, {})
+        table2 = self._table2_rows(name)
         table3 = [
             {
                 "grouping": label,
@@ -448,6 +440,19 @@ class MT3Solver(L.LightningModule):
         ]
         return tables + self._track_tables(where)
 
+    def _table2_rows(self, name: str) -> list[dict]:
+        """MT3's Table 2 rows for dataset ``name``: its published numbers and ours."""
+        paper2 = PAPER_TABLE2.get(name, {})
+        return [
+            {
+                "metric": label,
+                "MT3 (single dataset)": paper2.get(key, (None, None))[0],
+                "MT3 (mixture)": paper2.get(key, (None, None))[1],
+                "ours": self.test_scores.get(key),
+            }
+            for key, label in TABLE2_ROWS.items()
+        ]
+
     def _piano_tables(self, name: str) -> list[Table]:
         """The 2021 piano paper's layout (its MAESTRO v3 numbers beside ours, MAESTRO only),
         MT3's Table 2 for the same dataset and the per-track table."""
@@ -466,16 +471,7 @@ class MT3Solver(L.LightningModule):
             if name == "maestro"
             else f"{PIANO_NOTE} The paper evaluated MAESTRO, not {name}."
         )
-        paper2 = PAPER_TABLE2.get(name, {})
-        table2 = [
-            {
-                "metric": label,
-                "MT3 (single dataset)": paper2.get(key, (None, None))[0],
-                "MT3 (mixture)": paper2.get(key, (None, None))[1],
-                "ours": self.test_scores.get(key),
-            }
-            for key, label in TABLE2_ROWS.items()
-        ]
+        table2 = self._table2_rows(name)
         tables = [
             Table(
                 "piano_table",
