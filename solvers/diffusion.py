@@ -172,10 +172,15 @@ class DiffusionSolver(ClipsAtMaxNorm, L.LightningModule):
         return wav[..., : frames * self.hop]
 
     def loss(self, model: MultiBandDiffusion, wav: torch.Tensor, generator=None) -> torch.Tensor:
-        """``model``'s noise-prediction loss on ``wav`` (B, C, T), conditioned on its tokens."""
+        """``model``'s noise-prediction loss on ``wav`` (B, C, T), conditioned on its tokens (and
+        on their codec decoding with ``audio_condition``)."""
         wav = self.frame_aligned(wav)
         _, latent = self.tokens_and_latent(wav, self.n_q)
-        return model.training_loss(wav, latent, generator=generator)
+        decoded = None
+        if model.audio_condition:
+            with torch.no_grad():
+                decoded = self.codec.decoder(latent)
+        return model.training_loss(wav, latent, generator=generator, decoded=decoded)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self.diffusion, batch["audio"])
@@ -213,7 +218,7 @@ class DiffusionSolver(ClipsAtMaxNorm, L.LightningModule):
         codec = self.codec.decoder(latent)[..., :length]
         steps = int(self.sampling["steps"])
         diffusion = self.decoder.sample(
-            latent, steps=steps, generator=self.generator(batch_idx), length=length
+            latent, steps=steps, generator=self.generator(batch_idx), length=length, decoded=codec
         )
         # Item by item (re_eq pools its levels over what it is given): the same on any world size.
         matched = torch.cat(

@@ -396,3 +396,80 @@ def test_x0_objective_learns_the_clean_band_and_samples_through_its_noise() -> N
     torch.testing.assert_close(sample, wav, atol=2e-3, rtol=0)
     with pytest.raises(ValueError, match="objective"):
         MultiBandDiffusion(RATE, BANDS, LATENT, HOP, UNET, SCHEDULE, {}, objective="v")
+
+
+class Spy(torch.nn.Module):
+    """A U-Net stand-in that records its inputs and returns their first channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, step, condition: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.clone())
+        return x[:, :1]
+
+
+def test_audio_condition_gives_each_unet_its_band_of_the_codec_decoding(tmp_path) -> None:
+    gen = torch.Generator().manual_seed(0)
+    wav, decoded = (
+        torch.randn(2, 1, 5 * HOP, generator=gen),
+        torch.randn(2, 1, 5 * HOP, generator=gen),
+    )
+    latent = torch.randn(2, LATENT, 5, generator=gen)
+    model = MultiBandDiffusion(
+        RATE, BANDS, LATENT, HOP, UNET, SCHEDULE, {"use": False}, audio_condition=True
+    ).eval()
+    # the real U-Nets read 2 channels (noisy band, codec band) and predict 1
+    assert model.models[0].encoders[0].conv.in_channels == 2
+    assert model.models[0](torch.randn(2, 2, 5 * HOP), 3, latent).shape == (2, 1, 5 * HOP)
+    spies = [Spy() for _ in range(BANDS)]
+    model.models = torch.nn.ModuleList(spies)
+    model.training_loss(wav, latent, decoded=decoded[..., :-7])  # short: zero-padded
+    model.sample(latent, 3, torch.Generator().manual_seed(1), decoded=decoded)
+    padded = torch.nn.functional.pad(decoded[..., :-7], (0, 7))
+    for spy, train_band, sample_band in zip(
+        spies, model.split(padded), model.split(decoded), strict=True
+    ):
+        assert spy.inputs[0].shape == (2, 2, 5 * HOP)
+        torch.testing.assert_close(spy.inputs[0][:, 1:], train_band)
+        assert len(spy.inputs) == 1 + 3 and all(
+            torch.equal(x[:, 1:], sample_band) for x in spy.inputs[1:]
+        )
+    with pytest.raises(ValueError, match="pass decoded"):
+        model.sample(latent, 3)
+    with pytest.raises(ValueError, match="decoded audio of shape"):
+        model.training_loss(wav, latent, decoded=decoded[:1])
+
+
+def test_audio_conditioned_checkpoint_round_trip_gives_identical_samples(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = MultiBandDiffusion(
+        RATE, BANDS, LATENT, HOP, UNET, SCHEDULE, {"use": False}, objective="x0",
+        audio_condition=True,
+    ).eval()  # fmt: skip
+    loaded = load_diffusion(save_diffusion(model, tmp_path / "mbd.ckpt"))
+    assert loaded.config == model.config and loaded.audio_condition
+    latent, decoded = torch.randn(1, LATENT, 4), torch.randn(1, 1, 4 * HOP)
+    a = model.sample(latent, 4, torch.Generator().manual_seed(1), decoded=decoded)
+    b = loaded.sample(latent, 4, torch.Generator().manual_seed(1), decoded=decoded)
+    assert torch.equal(a, b)
+
+
+class Zero(torch.nn.Module):
+    def forward(self, x: torch.Tensor, step, condition: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x[:, :1])
+
+
+def test_x0_audio_condition_predicts_the_codec_error() -> None:
+    """With x0, a U-Net that predicts no correction samples the codec's own decoding."""
+    gen = torch.Generator().manual_seed(0)
+    decoded, latent = torch.randn(2, 1, 5 * HOP, generator=gen) * 0.3, torch.randn(2, LATENT, 5)
+    model = MultiBandDiffusion(
+        RATE, BANDS, LATENT, HOP, UNET, SCHEDULE, {"use": False}, objective="x0",
+        audio_condition=True,
+    ).eval()  # fmt: skip
+    model.models = torch.nn.ModuleList(Zero() for _ in range(BANDS))
+    assert model.training_loss(decoded, latent, decoded=decoded).item() == 0.0
+    sample = model.sample(latent, 20, torch.Generator().manual_seed(1), decoded=decoded)
+    torch.testing.assert_close(sample, decoded, atol=2e-3, rtol=0)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from musicgen.compression import CodecConfig, CompressionModel
 from musicgen.diffusion import load_diffusion
 from musicgen.diffusion.bands import re_eq
-from musicgen.diffusion.decoder import EQ_BANDS
+from musicgen.diffusion.decoder import EQ_BANDS, decode_tokens
 from musicgen.errors import UserError
 from solvers.diffusion import PAPER_ROWS, DiffusionSolver, check_codec
 from tests.fixtures.repeat import Repeat
@@ -137,6 +137,23 @@ def test_level_matched_decoding_is_decode_tokens_item_by_item(codec: Path) -> No
         expected = re_eq(raw, codec_wav, model.codec.sample_rate, EQ_BANDS)
         torch.testing.assert_close(decoded["diffusion_eq"][i : i + 1], expected)
     assert not torch.allclose(decoded["diffusion_eq"], decoded["diffusion"])
+
+
+def test_audio_conditioned_decoder_trains_and_decodes_tokens_as_validation(codec: Path) -> None:
+    """``audio_condition``: training reads the codec's decoding of the batch's tokens, and
+    ``decode_tokens`` (the CLIs' and MusicGen's path) gives the validation's level-matched audio."""
+    torch.manual_seed(0)
+    diffusion = {**TINY, "audio_condition": True, "objective": "x0"}
+    model, batch = solver(codec, diffusion=diffusion), fixed_batch()
+    before = fixed_loss(model, batch)
+    trainer(40).fit(model, DataLoader(Repeat(batch), batch_size=None))
+    assert fixed_loss(model, batch) < 0.8 * before
+    model.eval()
+    wav = batch["audio"][:1, :, : 20 * model.hop]
+    expected = model.decode_both(wav, 2, batch_idx=0)["diffusion_eq"]
+    codes = model.codec.encode(wav, 2)
+    got = decode_tokens(model.decoder, model.codec, codes, None, 2, model.generator(0))
+    torch.testing.assert_close(got, expected)
 
 
 def test_sampling_is_deterministic_for_the_seed(codec: Path) -> None:

@@ -77,6 +77,8 @@ def decode_tokens(
     check_fits(diffusion, codec, codes.shape[1])
     reference = codec.decode(codes).float()
     latent = codec_latent(codec, codes).float()
-    wav = diffusion.sample(latent, steps, generator, progress, length=reference.shape[-1])
+    wav = diffusion.sample(
+        latent, steps, generator, progress, length=reference.shape[-1], decoded=reference
+    )
     wav = re_eq(wav, reference, diffusion.sample_rate, EQ_BANDS)
     return wav if length is None else wav[..., :length]

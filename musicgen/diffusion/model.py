@@ -12,7 +12,12 @@ bands (AudioCraft's ``MultiBandDiffusion.generate``).
 ``processor`` configs: one dict for all bands, or a list of one dict per band (the released
 models equalise only their upper bands). ``objective`` is what the U-Nets predict: ``noise``
 (MBD's and AudioCraft's, the default) or ``x0``, the clean band (an option of ours; the sampler
-turns its prediction into the noise it implies, so the chain is the same).
+turns its prediction into the noise it implies, so the chain is the same). ``audio_condition``
+(ours, default off) also gives each U-Net the same band of the codec decoder's output on the same
+tokens, as extra input channels beside the noisy band: the model then refines the codec's own
+decoding (a diffusion post-filter) instead of decoding the latent alone. With ``x0`` as well, the
+U-Net's output is added to that band: it predicts the codec's error, and an untrained model already
+returns the codec's decoding.
 """
 
 from __future__ import annotations
@@ -67,8 +72,8 @@ class MultiBandDiffusion(nn.Module):
 
     ``hop_length`` is the codec's samples per latent frame, ``n_q`` the codebooks whose latent
     it was trained on (None: unrecorded), ``cutoffs`` optional band edges in Hz (default:
-    mel-spaced), ``channels`` the audio channels, ``objective`` ``noise`` or ``x0`` (see the
-    module docstring). :attr:`config` holds these arguments.
+    mel-spaced), ``channels`` the audio channels, ``objective`` ``noise`` or ``x0`` and
+    ``audio_condition`` (see the module docstring). :attr:`config` holds these arguments.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class MultiBandDiffusion(nn.Module):
         n_q: int | None = None,
         cutoffs: Sequence[float] | None = None,
         objective: str = "noise",
+        audio_condition: bool = False,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -103,13 +109,20 @@ class MultiBandDiffusion(nn.Module):
             "n_q": n_q,
             "cutoffs": None if cutoffs is None else list(cutoffs),
             "objective": objective,
+            "audio_condition": audio_condition,
         }
-        self.objective = objective
+        self.objective, self.audio_condition = objective, audio_condition
         self.sample_rate, self.n_bands, self.channels = sample_rate, n_bands, channels
         self.latent_dim, self.hop_length, self.n_q = latent_dim, hop_length, n_q
         self.schedules = [NoiseSchedule(**options) for options in schedules]
         self.models = nn.ModuleList(
-            DiffusionUnet(chin=channels, num_steps=s.num_steps, codec_dim=latent_dim, **options)
+            DiffusionUnet(
+                chin=channels * (2 if audio_condition else 1),
+                chout=channels,
+                num_steps=s.num_steps,
+                codec_dim=latent_dim,
+                **options,
+            )
             for s, options in zip(self.schedules, unets, strict=True)
         )
         self.processors = nn.ModuleList(build_processor(sample_rate, **p) for p in processors)
@@ -126,17 +139,56 @@ class MultiBandDiffusion(nn.Module):
                 f"got {tuple(latent.shape)}"
             )
 
+    def _condition_bands(
+        self, decoded: torch.Tensor | None, shape: Sequence[int]
+    ) -> list[torch.Tensor | None]:
+        """Per band, the codec decoding's band the U-Net reads beside its input (``audio_condition``;
+        ``decoded`` (B, C, T) cut or zero-padded to ``shape``), else None for every band."""
+        if not self.audio_condition:
+            return [None] * self.n_bands
+        if decoded is None:
+            raise ValueError("this decoder reads the codec's decoded audio: pass decoded")
+        if decoded.dim() != 3 or tuple(decoded.shape[:2]) != tuple(shape[:2]):
+            raise ValueError(
+                f"expected the codec's decoded audio of shape {tuple(shape[:2])} + (samples,), "
+                f"got {tuple(decoded.shape)}"
+            )
+        decoded = F.pad(decoded[..., : shape[-1]], (0, max(0, shape[-1] - decoded.shape[-1])))
+        return list(self.split(decoded))
+
+    def _predict(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        step: int | torch.Tensor,
+        latent: torch.Tensor,
+        condition: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``model``'s prediction for the noisy band ``x``: of the noise or the clean band (then,
+        with ``audio_condition``, as a correction to the codec's band ``condition``)."""
+        if condition is None:
+            return model(x, step, latent)
+        condition = condition.to(x)
+        prediction = model(torch.cat([x, condition], dim=1), step, latent)
+        return prediction + condition if self.objective == "x0" else prediction
+
     def training_loss(
-        self, wav: torch.Tensor, latent: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        wav: torch.Tensor,
+        latent: torch.Tensor,
+        generator: torch.Generator | None = None,
+        decoded: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Prediction MSE (of the noise, or of the clean band for ``objective`` x0) summed over
         bands (each band's U-Net gets the gradient of its own loss, as when AudioCraft trains the
         bands separately): each item of ``wav`` (B, C, T) is noised to its own random step (one
-        step per batch when ``variable_step_batch`` is off)."""
+        step per batch when ``variable_step_batch`` is off). ``decoded``: the codec's decoding of
+        the same tokens, needed with ``audio_condition``."""
         self._check(latent)
         total = wav.new_zeros(())
-        for band, model, processor, schedule in zip(
-            self.split(wav), self.models, self.processors, self.schedules, strict=True
+        conditions = self._condition_bands(decoded, wav.shape)
+        for band, condition, model, processor, schedule in zip(
+            self.split(wav), conditions, self.models, self.processors, self.schedules, strict=True
         ):
             x = processor.project_sample(band, randn(band.shape, band, generator))
             count = len(x) if schedule.variable_step_batch else 1
@@ -144,7 +196,8 @@ class MultiBandDiffusion(nn.Module):
             noise = randn(x.shape, x, generator)
             noisy = schedule.noisy(x, steps, noise)
             target = x if self.objective == "x0" else noise
-            total = total + F.mse_loss(model(noisy, steps, latent), target)
+            prediction = self._predict(model, noisy, steps, latent, condition)
+            total = total + F.mse_loss(prediction, target)
         return total
 
     def sample(
@@ -154,14 +207,17 @@ class MultiBandDiffusion(nn.Module):
         generator: torch.Generator | None = None,
         progress: bool = False,
         length: int | None = None,
+        decoded: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Audio ``(B, channels, length)`` (default ``frames * hop_length``) decoded from the
         codec ``latent`` (B, latent_dim, frames) with ``steps`` denoising steps per band
         (20: MBD's default chain 999, 949, ..., 49), under ``torch.inference_mode`` (the result
         is an ordinary tensor). Items are batched; the bands run one after the other, drawing
-        their noise in AudioCraft's order. Reproducible for a ``generator``."""
+        their noise in AudioCraft's order. Reproducible for a ``generator``. ``decoded``: the
+        codec's decoding of the same tokens, needed with ``audio_condition``."""
         self._check(latent)
         shape = (latent.shape[0], self.channels, length or latent.shape[-1] * self.hop_length)
+        conditions = self._condition_bands(decoded, shape)
         chains = [s.step_list(steps) for s in self.schedules]
         bar = tqdm(
             total=sum(len(c) - 1 for c in chains),
@@ -171,15 +227,19 @@ class MultiBandDiffusion(nn.Module):
         )
         with bar, torch.inference_mode():
             out = latent.new_zeros(shape)
-            for model, processor, schedule, chain in zip(
-                self.models, self.processors, self.schedules, chains, strict=True
+            for model, processor, schedule, chain, condition in zip(
+                self.models, self.processors, self.schedules, chains, conditions, strict=True
             ):
 
                 def denoise(
-                    x: torch.Tensor, step: int, model: nn.Module = model, schedule=schedule
+                    x: torch.Tensor,
+                    step: int,
+                    model: nn.Module = model,
+                    schedule=schedule,
+                    condition: torch.Tensor | None = condition,
                 ) -> torch.Tensor:
                     bar.update()
-                    prediction = model(x, step, latent)
+                    prediction = self._predict(model, x, step, latent, condition)
                     if self.objective == "x0":
                         return schedule.noise_from_x0(x, step, prediction)
                     return prediction

@@ -116,15 +116,17 @@ class BLSTM(nn.Module):
 
 
 class DiffusionUnet(nn.Module):
-    """Noise predictor ``(x_t (B, chin, T), step, latent (B, codec_dim, F)) -> (B, chin, T)``.
+    """Noise predictor ``(x_t (B, chin, T), step, latent (B, codec_dim, F)) -> (B, chout, T)``.
 
     Arguments are AudioCraft's ``diffusion_unet`` config (``transformer``/``cross_attention``
-    bottlenecks are not implemented and raise).
+    bottlenecks are not implemented and raise), and ``chout`` (default ``chin``; ours: fewer
+    output than input channels when the input carries extra condition channels).
     """
 
     def __init__(
         self,
         chin: int = 1,
+        chout: int | None = None,
         hidden: int = 24,
         depth: int = 3,
         growth: float = 2.0,
@@ -157,7 +159,8 @@ class DiffusionUnet(nn.Module):
         self.embeddings = nn.ModuleList() if emb_all_layers else None
         for d in range(depth):
             self.encoders.append(EncoderLayer(chin, hidden, **layer))
-            self.decoders.insert(0, DecoderLayer(hidden, chin, **layer))
+            out = (chout or chin) if d == 0 else chin
+            self.decoders.insert(0, DecoderLayer(hidden, out, **layer))
             if self.embeddings is not None and d > 0:
                 self.embeddings.append(nn.Embedding(num_steps, hidden))
             chin, hidden = hidden, min(int(hidden * growth), max_channels)
