@@ -32,8 +32,8 @@ from musicgen.metrics.transcription import dataset_metrics, track_metrics
 from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, notes_to_midi
 from musicgen.paths import inside
 from musicgen.tables import Table
-from musicgen.transcription.frontend import LogMelFrontend, split_track
-from musicgen.transcription.model import MT3Config, MT3Model
+from musicgen.transcription.frontend import FFT_SIZE, LogMelFrontend, split_track
+from musicgen.transcription.model import MT3Config, MT3Model, sinusoidal_embedding
 from musicgen.transcription.segments import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -42,6 +42,7 @@ from musicgen.transcription.segments import (
 )
 from musicgen.transcription.transcriber import MODEL_TYPES, transcribe_track
 from musicgen.transcription.vocabulary import (
+    EOS_ID,
     GRANULARITIES,
     MAX_SHIFT_STEPS,
     PAD_ID,
@@ -104,14 +105,24 @@ PIANO_NOTE = (
 )
 
 
+def shift_frames(steps: torch.Tensor) -> torch.Tensor:
+    """The (fractional) input frame whose analysis window is centred on the time of a shift of
+    ``steps`` 10 ms steps: frame ``f`` is the STFT of the 2048 samples from ``f * 128`` on, so
+    audio at ``t`` s sits mid-window in frame ``(t * 16000 - 1024) / 128`` (``1.25 k - 8``);
+    the first 60 ms fall before frame 0 (negative)."""
+    samples = steps.to(torch.float64) * SAMPLE_RATE / STEPS_PER_SECOND
+    return (samples - FFT_SIZE / 2) / HOP_LENGTH
+
+
 @torch.no_grad()
 def init_shifts_from_positions(model: MT3Model) -> None:
     """Set the input embedding and output row of each ``shift`` token to the fixed position
-    embedding of the input frame it points at (10 ms steps, 8 ms frames): an initialisation
-    (the architecture is unchanged) that lets small models learn time alignment sooner."""
+    embedding (:func:`sinusoidal_embedding`) of the input frame that holds the time it names
+    (:func:`shift_frames`: an onset shows mid-window, 64 ms before the frame that starts at
+    its time): an initialisation (the architecture is unchanged) that lets small models learn
+    time alignment sooner."""
     steps = torch.arange(MAX_SHIFT_STEPS + 1)
-    frames = torch.round(steps * SAMPLE_RATE / (HOP_LENGTH * STEPS_PER_SECOND)).long()
-    positions = model.decoder.positions[frames]
+    positions = sinusoidal_embedding(shift_frames(steps), model.config.d_model)
     rows = steps + token("shift", 0)
     model.decoder.token_embedder.weight[rows] = positions
     model.decoder.logits_dense.weight[rows] = positions
@@ -182,6 +193,9 @@ class MT3Solver(L.LightningModule):
     linear ``roll_head`` on the encoder output predicts each frame's onsets and sounding
     pitches (:func:`crop_rolls`), binary cross-entropy times the weight; the head is used in
     training only and is not part of the transcription model;
+    ``timing_loss_weight`` (1 is MT3's plain mean; not MT3) weighs the training loss of
+    ``shift`` and ``EOS`` targets, the tokens that place events in time, against the others
+    (weighted mean over the targets; validation losses stay unweighted);
     ``constrained_decoding`` decodes validation and test pieces with the token grammar of the
     model type's format (:mod:`musicgen.transcription.grammar`) instead of plain greedy.
 
@@ -205,6 +219,7 @@ class MT3Solver(L.LightningModule):
         shift_position_init: bool = False,
         shift_smoothing: float = 0.0,
         roll_loss_weight: float = 0.0,
+        timing_loss_weight: float = 1.0,
         constrained_decoding: bool = False,
         dataset_name: str = "",
         model_type: str = "mt3",
@@ -269,11 +284,15 @@ class MT3Solver(L.LightningModule):
         return targets.to(self.device), len(rows) - len(kept)
 
     def _loss(
-        self, frames: torch.Tensor, targets: torch.Tensor, rolls: torch.Tensor | None = None
+        self,
+        frames: torch.Tensor,
+        targets: torch.Tensor,
+        rolls: torch.Tensor | None = None,
+        timing_weight: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean token cross-entropy (shift targets smoothed with ``shift_smoothing``) plus
-        z-loss over non-PAD targets (plus the weighted roll loss when ``rolls`` are given),
-        and token accuracy."""
+        z-loss over non-PAD targets, ``shift`` and ``EOS`` targets weighted ``timing_weight``
+        (plus the weighted roll loss when ``rolls`` are given), and token accuracy."""
         inputs = F.pad(targets[:, :-1], (1, 0), value=PAD_ID)
         encoded = self.model.encoder(frames)
         logits = self.model.decoder(inputs, encoded)
@@ -292,7 +311,11 @@ class MT3Solver(L.LightningModule):
         per_token = nll + self.hparams.z_loss * log_z.square()
         count = mask.sum().clamp(min=1)
         accuracy = ((logits.argmax(-1) == targets) & mask).sum() / count
-        return (per_token * mask).sum() / count + roll_loss, accuracy
+        if timing_weight == 1.0:
+            return (per_token * mask).sum() / count + roll_loss, accuracy
+        shift = (targets >= token("shift", 0)) & (targets <= token("shift", MAX_SHIFT_STEPS))
+        weights = torch.where(shift | (targets == EOS_ID), timing_weight, 1.0) * mask
+        return (per_token * weights).sum() / weights.sum().clamp(min=1e-9) + roll_loss, accuracy
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         audio = fit_length(batch["audio"].mean(dim=1), self.segment_samples)
@@ -306,7 +329,9 @@ class MT3Solver(L.LightningModule):
                     for n, start in zip(batch["notes"], batch["start"].tolist(), strict=True)
                 ]
             ).to(self.device)
-        loss, accuracy = self._loss(self.frontend(audio), targets, rolls)
+        loss, accuracy = self._loss(
+            self.frontend(audio), targets, rolls, self.hparams.timing_loss_weight
+        )
         size = audio.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/accuracy", accuracy, batch_size=size)

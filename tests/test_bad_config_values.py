@@ -96,6 +96,7 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
     "solver.module.constrained_decoding": ("mt3", ["maybe"]),
     "solver.module.shift_smoothing": ("mt3", ["-1", "abc"]),
     "solver.module.roll_loss_weight": ("mt3", ["-1", "abc"]),
+    "solver.module.timing_loss_weight": ("mt3", ["0", "-1", "abc"]),
     "solver.module.model.input_conv_kernel": ("mt3", ["-1", "4", "abc"]),
     **{
         f"solver.module.{key}": (solver, ["0", "-1", "2.5", "abc"])

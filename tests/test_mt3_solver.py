@@ -175,9 +175,13 @@ def test_shift_tokens_can_start_at_the_positions_they_name() -> None:
     model = solver().model
     init_shifts_from_positions(model)
     row = model.decoder.logits_dense.weight[token("shift", 100)]
-    assert torch.equal(row, model.decoder.positions[125])  # 1.00 s = frame 125 (8 ms frames)
-    assert torch.equal(
-        model.decoder.token_embedder.weight[token("shift", 4)], model.decoder.positions[5]
+    # 1.00 s is mid-window in frame 117 (8 ms frames of 128 ms windows), not frame 125
+    torch.testing.assert_close(row, model.decoder.positions[117], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        model.decoder.token_embedder.weight[token("shift", 8)],
+        model.decoder.positions[2],
+        rtol=0,
+        atol=1e-6,
     )
 
 

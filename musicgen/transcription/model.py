@@ -91,10 +91,18 @@ class MT3Config:
 def sinusoidal_positions(length: int, features: int, max_scale: float = 10_000.0) -> torch.Tensor:
     """MT3's fixed position table ``(length, features)``: sines then cosines of
     ``position * exp(-ln(max_scale) * k / (features // 2 - 1))``."""
+    return sinusoidal_embedding(torch.arange(length, dtype=torch.float64), features, max_scale)
+
+
+def sinusoidal_embedding(
+    positions: torch.Tensor, features: int, max_scale: float = 10_000.0
+) -> torch.Tensor:
+    """The rows of :func:`sinusoidal_positions` at any ``positions`` ``(N,)``, fractional or
+    negative ones included (the same sines and cosines): ``(N, features)`` float32."""
     half = features // 2
     rates = torch.exp(torch.arange(half, dtype=torch.float64) * (-math.log(max_scale) / (half - 1)))
-    angles = torch.arange(length, dtype=torch.float64)[:, None] * rates
-    table = torch.zeros(length, features, dtype=torch.float64)
+    angles = positions.to(torch.float64)[:, None] * rates
+    table = torch.zeros(len(positions), features, dtype=torch.float64)
     table[:, :half], table[:, half : 2 * half] = torch.sin(angles), torch.cos(angles)
     return table.to(torch.float32)
 
