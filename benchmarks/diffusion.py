@@ -1,10 +1,12 @@
 """MultiBand Diffusion decode speed: audio seconds decoded per second at 1/10/20 steps, against
 the codec's own decoder and AudioCraft's sampler on the same weights, in the same run.
 
-    python benchmarks/diffusion.py [--configs tiny,mbd] [--steps 1,10,20] [--device cpu]
+    python benchmarks/diffusion.py [--configs tiny,tiny_latent,mbd] [--steps 1,10,20] [--device cpu]
 
 * ``tiny``: ``experiment=diffusion_tiny``'s decoder on ``experiment=compression_tiny``'s codec
-  (32 kHz, hop 256, 3 codebooks), ``--tiny-seconds`` of audio (default 4).
+  (32 kHz, hop 256, 3 codebooks), ``--tiny-seconds`` of audio (default 4). It reads the codec's
+  decoding too (``audio_condition``), which AudioCraft's U-Net cannot: ``tiny_latent`` is the
+  same decoder conditioned on the latent alone, compared with AudioCraft's sampler.
 * ``mbd``: ``solver=diffusion``'s decoder, the architecture of AudioCraft's released
   ``mbd_musicgen_32khz`` (4 bands, 166 M parameters each), on MusicGen's 32 kHz codec (4
   codebooks), ``--mbd-seconds`` of audio (default 0.5: on 2 CPU cores one 20-step decode of a
@@ -46,6 +48,10 @@ from solvers.runtime import register_resolvers
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CONFIGS = {  # codec overrides, diffusion overrides
     "tiny": (["experiment=compression_tiny"], ["experiment=diffusion_tiny"]),
+    "tiny_latent": (
+        ["experiment=compression_tiny"],
+        ["experiment=diffusion_tiny", "solver.module.diffusion.audio_condition=false"],
+    ),
     "mbd": (["solver=compression"], ["solver=diffusion"]),
 }
 
@@ -207,12 +213,11 @@ def run(
     codec.decode(codes)  # warm-up
     codec_time, _ = timed(lambda: codec.decode(codes), args.repeats)
     rows = []
-    reference = (
-        audiocraft_sampler(diffusion, args.device) if audiocraft_dir() and reference_steps else None
-    )
+    comparable = audiocraft_dir() and reference_steps and not diffusion.audio_condition
+    reference = audiocraft_sampler(diffusion, args.device) if comparable else None
     latent = codec_latent(codec, codes)
     decode_tokens(diffusion, codec, codes, None, 1)  # warm-up (allocations, filters)
-    repeats = args.repeats if name == "tiny" else 1
+    repeats = args.repeats if name.startswith("tiny") else 1
     for count in steps:
         generator = torch.Generator(args.device).manual_seed(0)
         ours_time, _ = timed(
@@ -237,7 +242,9 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default="tiny,mbd", help="comma-separated: tiny, mbd")
+    parser.add_argument(
+        "--configs", default="tiny,tiny_latent,mbd", help="comma-separated: " + ", ".join(CONFIGS)
+    )
     parser.add_argument("--steps", default="1,10,20", help="sampling steps to time")
     parser.add_argument("--tiny-seconds", type=float, default=4.0)
     parser.add_argument("--mbd-seconds", type=float, default=0.5)
@@ -250,9 +257,10 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",")]
     rows = []
     for name in args.configs.split(","):
-        default = "1,20" if name == "tiny" else "1"
+        tiny = name.startswith("tiny")
+        default = "1,20" if tiny else "1"
         reference_steps = [int(s) for s in (args.reference_steps or default).split(",") if s]
-        seconds = args.tiny_seconds if name == "tiny" else args.mbd_seconds
+        seconds = args.tiny_seconds if tiny else args.mbd_seconds
         rows += run(name, seconds, steps, reference_steps, args)
     print(markdown_table(rows, list(dict.fromkeys(k for row in rows for k in row))))
     print(
