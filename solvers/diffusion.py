@@ -353,10 +353,13 @@ class DiffusionSolver(ClipsAtMaxNorm, L.LightningModule):
         published rows."""
         weights = "EMA weights" if self.ema is not None else "weights"
         steps = int(self.sampling["steps"])
+        kind, reads = "MBD decoder", ""
+        if self.decoder.audio_condition:  # not MBD: also reads the codec's decoding
+            kind, reads = "diffusion post-filter", "reads the codec's decoding, "
         names = {
             "codec": "codec decoder (ours)",
-            "diffusion": f"MBD decoder (ours, {weights}, {steps} steps)",
-            "diffusion_eq": f"MBD decoder + {EQ_BANDS}-band level match to the codec (as "
+            "diffusion": f"{kind} (ours, {reads}{weights}, {steps} steps)",
+            "diffusion_eq": f"{kind} + {EQ_BANDS}-band level match to the codec (as "
             "AudioCraft's tokens_to_wav)",
         }
         references = int(self._sums["items:reference"].item()) if self._sums else 0
