@@ -78,3 +78,10 @@ def test_a_missing_dataset_is_one_error_line(tmp_path: Path, capsys) -> None:
         diag.main([str(exported), "--root", str(tmp_path / "none")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: no ")
+
+
+def test_shift_shares_count_non_shift_guesses_as_misses() -> None:
+    summary = diag.summarise_shifts([0, 0, -3, 7, None])
+    assert summary["non_shift_argmax"] == 1
+    assert (summary["exact"], summary["within_5"]) == (0.4, 0.6)
+    assert summary["mean"] == 1.0 and summary["median"] == 0.0
