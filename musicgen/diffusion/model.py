@@ -14,10 +14,11 @@ models equalise only their upper bands). ``objective`` is what the U-Nets predic
 (MBD's and AudioCraft's, the default) or ``x0``, the clean band (an option of ours; the sampler
 turns its prediction into the noise it implies, so the chain is the same). ``audio_condition``
 (ours, default off) also gives each U-Net the same band of the codec decoder's output on the same
-tokens, as extra input channels beside the noisy band: the model then refines the codec's own
-decoding (a diffusion post-filter) instead of decoding the latent alone. With ``x0`` as well, the
-U-Net's output is added to that band: it predicts the codec's error, and an untrained model already
-returns the codec's decoding.
+tokens, as extra input channels beside the noisy band (equalised by the band's processor, as the
+noisy band): the model then refines the codec's own decoding (a diffusion post-filter) instead of
+decoding the latent alone. With ``x0`` as well, the U-Net's output is added to that band: it
+predicts the codec's error, and a U-Net that predicts no correction returns the codec's decoding
+(through the processors' round trip).
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ class MultiBandDiffusion(nn.Module):
         condition: torch.Tensor | None,
     ) -> torch.Tensor:
         """``model``'s prediction for the noisy band ``x``: of the noise or the clean band (then,
-        with ``audio_condition``, as a correction to the codec's band ``condition``)."""
+        with ``audio_condition``, as a correction to the codec's band ``condition``, which is in
+        the diffusion space: projected by the band's processor, as ``x``)."""
         if condition is None:
             return model(x, step, latent)
         condition = condition.to(x)
@@ -191,6 +193,8 @@ class MultiBandDiffusion(nn.Module):
             self.split(wav), conditions, self.models, self.processors, self.schedules, strict=True
         ):
             x = processor.project_sample(band, randn(band.shape, band, generator))
+            if condition is not None:  # the codec's band, equalised as its target
+                condition = processor.project_sample(condition, update=False)
             count = len(x) if schedule.variable_step_batch else 1
             steps = randint(schedule.num_steps, count, x.device, generator).expand(len(x))
             noise = randn(x.shape, x, generator)
@@ -230,6 +234,8 @@ class MultiBandDiffusion(nn.Module):
             for model, processor, schedule, chain, condition in zip(
                 self.models, self.processors, self.schedules, chains, conditions, strict=True
             ):
+                if condition is not None:  # the codec's band, equalised as in training
+                    condition = processor.project_sample(condition, update=False)
 
                 def denoise(
                     x: torch.Tensor,

@@ -18,7 +18,9 @@ from musicgen.diffusion.bands import band_splitter
 class SampleProcessor(nn.Module):
     """The identity (``processor.use: false``)."""
 
-    def project_sample(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def project_sample(
+        self, x: torch.Tensor, noise: torch.Tensor | None = None, update: bool = True
+    ) -> torch.Tensor:
         """``x`` in the space where diffusion happens."""
         return x
 
@@ -73,11 +75,14 @@ class MultiBandProcessor(SampleProcessor):
         p = self.power_std
         return p.to(self.counts) if isinstance(p, torch.Tensor) else p
 
-    def project_sample(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def project_sample(
+        self, x: torch.Tensor, noise: torch.Tensor | None = None, update: bool = True
+    ) -> torch.Tensor:
         """Equalised ``x`` (B, C, T); in training mode, until ``num_samples`` items were seen, the
-        batch (and ``noise``, white noise like ``x``) first updates the statistics."""
+        batch (and ``noise``, white noise like ``x``) first updates the statistics, unless
+        ``update`` is off (a condition projected with the statistics of its target)."""
         bands = self.split_bands(x)
-        if self.training and self.counts.item() < self.num_samples:
+        if update and self.training and self.counts.item() < self.num_samples:
             ref_bands = self.split_bands(torch.randn_like(x) if noise is None else noise)
             self.counts += len(x)
             self.sum_x += bands.mean(dim=(2, 3)).sum(dim=1)
