@@ -311,8 +311,6 @@ class MT3Solver(L.LightningModule):
         per_token = nll + self.hparams.z_loss * log_z.square()
         count = mask.sum().clamp(min=1)
         accuracy = ((logits.argmax(-1) == targets) & mask).sum() / count
-        if timing_weight == 1.0:
-            return (per_token * mask).sum() / count + roll_loss, accuracy
         shift = (targets >= token("shift", 0)) & (targets <= token("shift", MAX_SHIFT_STEPS))
         weights = torch.where(shift | (targets == EOS_ID), timing_weight, 1.0) * mask
         return (per_token * weights).sum() / weights.sum().clamp(min=1e-9) + roll_loss, accuracy
