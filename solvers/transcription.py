@@ -50,6 +50,7 @@ from musicgen.transcription.vocabulary import (
     Granularity,
     token,
 )
+from solvers.crop_mixing import mix_crops, mix_partners
 from solvers.reduction import gather_objects, log_reduced, sync_buffers_for_validation
 from solvers.schedules import lr_lambda
 
@@ -196,6 +197,8 @@ class MT3Solver(L.LightningModule):
     ``timing_loss_weight`` (1 is MT3's plain mean; not MT3) weighs the training loss of
     ``shift`` and ``EOS`` targets, the tokens that place events in time, against the others
     (weighted mean over the targets; validation losses stay unweighted);
+    ``mix_probability`` (0 in MT3) is the chance that a training crop gets another crop of its
+    batch added, audio and notes (:mod:`solvers.crop_mixing`);
     ``constrained_decoding`` decodes validation and test pieces with the token grammar of the
     model type's format (:mod:`musicgen.transcription.grammar`) instead of plain greedy.
 
@@ -220,6 +223,7 @@ class MT3Solver(L.LightningModule):
         shift_smoothing: float = 0.0,
         roll_loss_weight: float = 0.0,
         timing_loss_weight: float = 1.0,
+        mix_probability: float = 0.0,
         constrained_decoding: bool = False,
         dataset_name: str = "",
         model_type: str = "mt3",
@@ -317,6 +321,10 @@ class MT3Solver(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         audio = fit_length(batch["audio"].mean(dim=1), self.segment_samples)
+        if self.hparams.mix_probability > 0:
+            partners = mix_partners(len(audio), self.hparams.mix_probability)
+            audio, notes = mix_crops(audio, batch["notes"], batch["start"], partners)
+            batch = {**batch, "notes": notes}
         targets, skipped = self._targets(batch["notes"], batch["start"], self.segment_samples)
         rolls = None
         if self.roll_head is not None:

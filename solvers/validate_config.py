@@ -259,6 +259,7 @@ RULES: tuple[Rule, ...] = (
     Rule("solver.module.shift_smoothing", "a number of 10 ms steps >= 0", number(0)),
     Rule("solver.module.roll_loss_weight", "a number >= 0", number(0)),
     Rule("solver.module.timing_loss_weight", "a number > 0", number(0, open_low=True)),
+    Rule("solver.module.mix_probability", PROBABILITY, number(0, 1)),
     Rule(
         "solver.module.model.input_conv_kernel",
         "0 or an odd integer",
