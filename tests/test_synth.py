@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import io
 import json
 import re
@@ -11,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
 from data.decode import SILENCE_DB
 from data.prepare.__main__ import main
-from data.prepare.synth import build_synth
-from data.prepare.synth.build import SPLIT_CYCLE, plan_example
+from data.prepare.synth import add_arguments, build_synth
+from data.prepare.synth.build import DEFAULT_MINUTES, SPLIT_CYCLE, plan_example
 from data.prepare.synth.captions import describe
 from data.prepare.synth.corpus import list_pieces, pools, split_of
 from data.prepare.synth.drums import CLOSED_HAT, KICK, RIDE, SNARE, drum_part
@@ -297,3 +300,17 @@ def test_silent_tails_are_trimmed_and_silent_stretches_dropped() -> None:
     assert trim_silent_tail(pcm(tone, np.zeros(900)), rate, min_end=2800) is None
     assert trim_silent_tail(pcm(tone, np.zeros(300), tone), rate, min_end=0) is None
     assert trim_silent_tail(pcm(np.zeros(3000)), rate, min_end=0) is None
+
+
+def test_default_build_has_a_train_split_of_two_hours() -> None:
+    """The default ``--minutes`` (CLI, ``build_synth`` and ``dataset.auto_prepare``) puts over
+    two hours into the train split: examples go to train in 8 of every 10 indices, and a
+    160-minute build rendered 127 train minutes (index.json of 2026-12-05)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--out", "x"]).minutes == DEFAULT_MINUTES
+    assert inspect.signature(build_synth).parameters["minutes"].default == DEFAULT_MINUTES
+    config = yaml.safe_load((Path(__file__).parents[1] / "conf/dataset/synth.yaml").read_text())
+    assert config["auto_prepare"]["minutes"] == DEFAULT_MINUTES
+    train_share = SPLIT_CYCLE.count("train") / len(SPLIT_CYCLE)
+    assert DEFAULT_MINUTES * train_share >= 120 * 1.05  # a margin for the drawn durations
