@@ -46,7 +46,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 constraints: install
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > constraints.txt
 
-# The main job on the embedded default (about 20 minutes on 2 cores): build the synthetic dataset,
+# The main job on the embedded default (about 25 minutes on 2 cores): build the synthetic dataset,
 # inspect and preview it, then train and evaluate each solver's CPU-tiny preset on it.
 demo: demo-data demo-compression demo-diffusion demo-separation demo-mt3 demo-musicgen
 
