@@ -10,6 +10,7 @@ mixed crops are new at every step.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from musicgen.notes import END, START, trim_overlapping_notes
@@ -51,8 +52,7 @@ def mix_crops(
             continue
         mixed_audio[i] += audio[j]
         moved = notes[j].cpu().numpy().copy()
-        offset = float(starts[i]) - float(starts[j])
-        moved[:, [START, END]] += offset
-        union = torch.cat([notes[i].cpu(), torch.from_numpy(moved).to(notes[i].dtype)])
-        mixed_notes[i] = torch.from_numpy(trim_overlapping_notes(union.numpy())).to(notes[i].dtype)
+        moved[:, [START, END]] += float(starts[i]) - float(starts[j])
+        union = np.concatenate([notes[i].cpu().numpy(), moved])
+        mixed_notes[i] = torch.from_numpy(trim_overlapping_notes(union)).to(notes[i].dtype)
     return mixed_audio, mixed_notes
