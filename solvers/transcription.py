@@ -32,7 +32,7 @@ from musicgen.metrics.transcription import dataset_metrics, track_metrics
 from musicgen.notes import END, IS_DRUM, PITCH, PROGRAM, START, notes_to_midi
 from musicgen.paths import inside
 from musicgen.tables import Table
-from musicgen.transcription.frontend import FFT_SIZE, LogMelFrontend, split_track
+from musicgen.transcription.frontend import LogMelFrontend, split_track
 from musicgen.transcription.model import MT3Config, MT3Model, sinusoidal_embedding
 from musicgen.transcription.segments import (
     HOP_LENGTH,
@@ -40,13 +40,13 @@ from musicgen.transcription.segments import (
     crop_tokens,
     notes_to_segment_tokens,
 )
+from musicgen.transcription.time_pointer import shift_frames
 from musicgen.transcription.transcriber import MODEL_TYPES, transcribe_track
 from musicgen.transcription.vocabulary import (
     EOS_ID,
     GRANULARITIES,
     MAX_SHIFT_STEPS,
     PAD_ID,
-    STEPS_PER_SECOND,
     Granularity,
     token,
 )
@@ -104,15 +104,6 @@ PIANO_NOTE = (
     "a lecture transcription quote different onset F1 values), so none is shown rather than "
     "an unchecked one. Ours: mean over the evaluated tracks."
 )
-
-
-def shift_frames(steps: torch.Tensor) -> torch.Tensor:
-    """The (fractional) input frame whose analysis window is centred on the time of a shift of
-    ``steps`` 10 ms steps: frame ``f`` is the STFT of the 2048 samples from ``f * 128`` on, so
-    audio at ``t`` s sits mid-window in frame ``(t * 16000 - 1024) / 128`` (``1.25 k - 8``);
-    the first 60 ms fall before frame 0 (negative)."""
-    samples = steps.to(torch.float64) * SAMPLE_RATE / STEPS_PER_SECOND
-    return (samples - FFT_SIZE / 2) / HOP_LENGTH
 
 
 @torch.no_grad()

@@ -99,6 +99,7 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
     "solver.module.timing_loss_weight": ("mt3", ["0", "-1", "abc"]),
     "solver.module.mix_probability": ("mt3", ["-0.1", "1.5", "abc"]),
     "solver.module.model.input_conv_kernel": ("mt3", ["-1", "4", "abc"]),
+    "solver.module.model.time_pointer": ("mt3", ["maybe"]),
     **{
         f"solver.module.{key}": (solver, ["0", "-1", "2.5", "abc"])
         for solver, keys in (

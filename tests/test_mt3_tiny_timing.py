@@ -9,7 +9,8 @@ from musicgen.transcription import EOS_ID, PAD_ID, token
 from musicgen.transcription.frontend import LogMelFrontend
 from musicgen.transcription.model import MT3Config, MT3Model
 from musicgen.transcription.segments import SAMPLE_RATE, SEGMENT_SAMPLES
-from solvers.transcription import MT3Solver, init_shifts_from_positions, shift_frames
+from musicgen.transcription.time_pointer import shift_frames
+from solvers.transcription import MT3Solver, init_shifts_from_positions
 
 ONSET_STEP = 100  # 1.00 s into a 2.048 s segment
 

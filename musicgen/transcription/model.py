@@ -52,6 +52,7 @@ from musicgen.checkpoint_io import first_line
 from musicgen.errors import UserError
 from musicgen.transcription.grammar import GrammarSpec, TokenGrammar
 from musicgen.transcription.t5x_checkpoint import read_t5x_checkpoint
+from musicgen.transcription.time_pointer import TimePointer
 from musicgen.transcription.vocabulary import EOS_ID, PAD_ID, VOCAB_SIZE, Granularity
 
 
@@ -72,6 +73,10 @@ class MT3Config:
     # Not MT3: > 0 adds a residual convolution over time of this (odd) kernel after the input
     # projection (:class:`Encoder`), for small models; 0 (MT3) leaves the t5x layout unchanged.
     input_conv_kernel: int = 0
+    # Not MT3: true adds a pointer from the decoder to the encoder frames to the shift logits
+    # (:mod:`musicgen.transcription.time_pointer`), for small models; false (MT3) leaves the
+    # t5x layout unchanged.
+    time_pointer: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -258,6 +263,7 @@ class DecoderCache:
 
     self_kv: list[tuple[torch.Tensor, torch.Tensor]]
     cross_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    time_keys: torch.Tensor | None = None  # the time pointer's keys of the encoder output
     length: int = 0
 
 
@@ -271,17 +277,25 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers))
         self.decoder_norm = RMSNorm(cfg.d_model)
         self.logits_dense = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.time_pointer = TimePointer(cfg.d_model) if cfg.time_pointer else None
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def _output(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits_dense(self.dropout(self.decoder_norm(x))).float()
+    def _output(self, x: torch.Tensor, time_keys: torch.Tensor | None) -> torch.Tensor:
+        states = self.dropout(self.decoder_norm(x))
+        logits = self.logits_dense(states).float()
+        if self.time_pointer is not None:
+            logits = self.time_pointer(logits, states, time_keys)
+        return logits
+
+    def _time_keys(self, encoded: torch.Tensor) -> torch.Tensor | None:
+        return None if self.time_pointer is None else self.time_pointer.keys(encoded)
 
     def forward(self, tokens: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits ``(B, L, vocab)`` for decoder inputs ``(B, L)``."""
         x = self.dropout(self.token_embedder(tokens) + self.positions[: tokens.shape[1]])
         for layer in self.layers:
             x = layer(x, layer.encoder_decoder_attention.keys_values(encoded))
-        return self._output(x)
+        return self._output(x, self._time_keys(encoded))
 
     def init_cache(self, encoded: torch.Tensor, max_length: int) -> DecoderCache:
         batch = encoded.shape[0]
@@ -290,7 +304,7 @@ class Decoder(nn.Module):
             tuple(encoded.new_zeros(batch, kv.shape[1], max_length, kv.shape[3]) for kv in pair)
             for pair in cross
         ]
-        return DecoderCache(self_kv=empty, cross_kv=cross)
+        return DecoderCache(self_kv=empty, cross_kv=cross, time_keys=self._time_keys(encoded))
 
     def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """Logits ``(B, vocab)`` after the next input tokens ``(B,)``; updates ``cache``."""
@@ -299,7 +313,7 @@ class Decoder(nn.Module):
         for layer, cached, cross in zip(self.layers, cache.self_kv, cache.cross_kv, strict=True):
             x = layer(x, cross, cached, t)
         cache.length = t + 1
-        return self._output(x)[:, 0]
+        return self._output(x, cache.time_keys)[:, 0]
 
 
 def _truncated_normal_(weight: torch.Tensor, std: float) -> None:
@@ -337,6 +351,8 @@ class MT3Model(nn.Module):
                 nn.init.normal_(module.weight, std=1.0)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.scale)
+        if self.decoder.time_pointer is not None:  # starts as the model without the pointer
+            nn.init.zeros_(self.decoder.time_pointer.query.weight)
 
     def forward(self, frames: torch.Tensor, decoder_inputs: torch.Tensor) -> torch.Tensor:
         return self.decoder(decoder_inputs, self.encoder(frames))
