@@ -50,6 +50,7 @@ from torch import nn
 
 from musicgen.checkpoint_io import first_line
 from musicgen.errors import UserError
+from musicgen.transcription.frame_pitch import FramePitchHead, current_steps
 from musicgen.transcription.grammar import GrammarSpec, TokenGrammar
 from musicgen.transcription.t5x_checkpoint import read_t5x_checkpoint
 from musicgen.transcription.time_pointer import TimePointer
@@ -77,6 +78,9 @@ class MT3Config:
     # (:mod:`musicgen.transcription.time_pointer`), for small models; false (MT3) leaves the
     # t5x layout unchanged.
     time_pointer: bool = False
+    # Not MT3: true adds a read-out of the encoder frame at the current time to the pitch
+    # logits (:mod:`musicgen.transcription.frame_pitch`); false (MT3) keeps the t5x layout.
+    pitch_from_frame: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -264,6 +268,8 @@ class DecoderCache:
     self_kv: list[tuple[torch.Tensor, torch.Tensor]]
     cross_kv: list[tuple[torch.Tensor, torch.Tensor]]
     time_keys: torch.Tensor | None = None  # the time pointer's keys of the encoder output
+    encoded: torch.Tensor | None = None  # the encoder output, for the frame pitch head
+    steps: torch.Tensor | None = None  # the time in force (10 ms steps) per sequence
     length: int = 0
 
 
@@ -278,13 +284,24 @@ class Decoder(nn.Module):
         self.decoder_norm = RMSNorm(cfg.d_model)
         self.logits_dense = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.time_pointer = TimePointer(cfg.d_model) if cfg.time_pointer else None
+        self.frame_pitch = FramePitchHead(cfg.d_model) if cfg.pitch_from_frame else None
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def _output(self, x: torch.Tensor, time_keys: torch.Tensor | None) -> torch.Tensor:
+    def _output(
+        self,
+        x: torch.Tensor,
+        time_keys: torch.Tensor | None,
+        encoded: torch.Tensor | None,
+        steps: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Logits of decoder outputs ``x``; ``time_keys`` for the time pointer, ``encoded`` and
+        the time ``steps`` in force at each position for the frame pitch head (when present)."""
         states = self.dropout(self.decoder_norm(x))
         logits = self.logits_dense(states).float()
         if self.time_pointer is not None:
             logits = self.time_pointer(logits, states, time_keys)
+        if self.frame_pitch is not None:
+            logits = self.frame_pitch(logits, encoded, steps)
         return logits
 
     def _time_keys(self, encoded: torch.Tensor) -> torch.Tensor | None:
@@ -295,7 +312,8 @@ class Decoder(nn.Module):
         x = self.dropout(self.token_embedder(tokens) + self.positions[: tokens.shape[1]])
         for layer in self.layers:
             x = layer(x, layer.encoder_decoder_attention.keys_values(encoded))
-        return self._output(x, self._time_keys(encoded))
+        steps = current_steps(tokens) if self.frame_pitch is not None else None
+        return self._output(x, self._time_keys(encoded), encoded, steps)
 
     def init_cache(self, encoded: torch.Tensor, max_length: int) -> DecoderCache:
         batch = encoded.shape[0]
@@ -304,7 +322,14 @@ class Decoder(nn.Module):
             tuple(encoded.new_zeros(batch, kv.shape[1], max_length, kv.shape[3]) for kv in pair)
             for pair in cross
         ]
-        return DecoderCache(self_kv=empty, cross_kv=cross, time_keys=self._time_keys(encoded))
+        pitch = self.frame_pitch is not None
+        return DecoderCache(
+            self_kv=empty,
+            cross_kv=cross,
+            time_keys=self._time_keys(encoded),
+            encoded=encoded if pitch else None,
+            steps=encoded.new_zeros(batch, dtype=torch.long) if pitch else None,
+        )
 
     def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """Logits ``(B, vocab)`` after the next input tokens ``(B,)``; updates ``cache``."""
@@ -313,7 +338,10 @@ class Decoder(nn.Module):
         for layer, cached, cross in zip(self.layers, cache.self_kv, cache.cross_kv, strict=True):
             x = layer(x, cross, cached, t)
         cache.length = t + 1
-        return self._output(x, cache.time_keys)[:, 0]
+        if cache.steps is not None:
+            cache.steps = current_steps(tokens[:, None], cache.steps)[:, 0]
+        steps = None if cache.steps is None else cache.steps[:, None]
+        return self._output(x, cache.time_keys, cache.encoded, steps)[:, 0]
 
 
 def _truncated_normal_(weight: torch.Tensor, std: float) -> None:
@@ -353,6 +381,8 @@ class MT3Model(nn.Module):
                 nn.init.ones_(module.scale)
         if self.decoder.time_pointer is not None:  # starts as the model without the pointer
             nn.init.zeros_(self.decoder.time_pointer.query.weight)
+        if self.decoder.frame_pitch is not None:  # starts as the model without the read-out
+            nn.init.zeros_(self.decoder.frame_pitch.readout.weight)
 
     def forward(self, frames: torch.Tensor, decoder_inputs: torch.Tensor) -> torch.Tensor:
         return self.decoder(decoder_inputs, self.encoder(frames))
