@@ -11,7 +11,6 @@ from musicgen.transcription import token
 from musicgen.transcription.frame_pitch import current_steps
 from musicgen.transcription.model import MT3Config, MT3Model
 from musicgen.transcription.time_pointer import shift_frames
-from musicgen.transcription.transcriber import Transcriber
 
 TINY = dict(
     d_model=32, num_heads=2, head_dim=16, d_ff=32, num_encoder_layers=1, num_decoder_layers=1
@@ -46,17 +45,6 @@ def test_current_steps_follow_the_latest_shift() -> None:
     assert current_steps(tokens).tolist() == [[0, 0, 5, 5, 12, 12, 12]]
     assert current_steps(tokens[:, :2], torch.tensor([7])).tolist() == [[7, 7]]
     assert current_steps(tokens[:, 2:3], torch.tensor([7])).tolist() == [[5]]  # a shift sets it
-
-
-def test_an_untrained_head_leaves_the_logits_of_the_model_without_it() -> None:
-    torch.manual_seed(0)
-    plain = MT3Model(MT3Config(**TINY, dropout=0.0)).eval()
-    torch.manual_seed(0)
-    headed = MT3Model(MT3Config(**TINY, dropout=0.0, pitch_from_frame=True)).eval()
-    headed.load_state_dict(plain.state_dict(), strict=False)
-    frames, tokens = torch.randn(2, 64, 512), torch.randint(0, 1536, (2, 9))
-    assert torch.equal(headed(frames, tokens), plain(frames, tokens))
-    assert not any("frame_pitch" in name for name in plain.state_dict())  # MT3's layout
 
 
 def test_pitch_logits_add_the_read_out_of_the_frame_at_the_current_time() -> None:
@@ -94,26 +82,3 @@ def test_pitch_logits_add_the_read_out_of_the_frame_at_the_current_time() -> Non
         torch.testing.assert_close(logits[0, position, PITCHES], expected, rtol=1e-5, atol=1e-5)
     others = [i for i in range(1536) if not PITCHES.start <= i < PITCHES.stop]
     torch.testing.assert_close(logits[..., others], plain[..., others], rtol=1e-5, atol=1e-5)
-
-
-def test_cached_decoding_with_the_head_and_the_pointer_equals_uncached() -> None:
-    model = head_model(time_pointer=True)
-    frames = torch.randn(3, 64, 512)
-    cached = model.generate(frames, max_length=24, use_cache=True)
-    assert torch.equal(cached, model.generate(frames, max_length=24, use_cache=False))
-    encoded = model.encoder(frames)
-    tokens = torch.tensor(
-        [[0, token("shift", 20), token("pitch", 60), token("shift", 40), token("pitch", 61)]] * 3
-    )
-    cache = model.decoder.init_cache(encoded, 5)
-    steps = torch.stack([model.decoder.step(tokens[:, i], cache) for i in range(5)], dim=1)
-    torch.testing.assert_close(steps, model.decoder(tokens, encoded), rtol=1e-4, atol=1e-4)
-
-
-def test_a_saved_model_with_the_head_loads_with_it(tmp_path) -> None:
-    model = head_model()
-    Transcriber(model).save(tmp_path / "exported")
-    loaded = Transcriber.from_checkpoint(tmp_path / "exported").model
-    assert loaded.config.pitch_from_frame
-    frames, tokens = torch.randn(1, 64, 512), torch.randint(0, 1536, (1, 5))
-    assert torch.equal(loaded(frames, tokens), model(frames, tokens))

@@ -10,7 +10,6 @@ import torch
 from musicgen.transcription import token
 from musicgen.transcription.model import MT3Config, MT3Model
 from musicgen.transcription.time_pointer import shift_frames
-from musicgen.transcription.transcriber import Transcriber
 from musicgen.transcription.vocabulary import MAX_SHIFT_STEPS
 
 TINY = dict(
@@ -24,17 +23,6 @@ def pointer_model(seed: int = 0) -> MT3Model:
     model = MT3Model(MT3Config(**TINY, dropout=0.0, time_pointer=True)).eval()
     torch.nn.init.normal_(model.decoder.time_pointer.query.weight, std=0.5)
     return model
-
-
-def test_an_untrained_pointer_leaves_the_logits_of_the_model_without_it() -> None:
-    torch.manual_seed(0)
-    plain = MT3Model(MT3Config(**TINY, dropout=0.0)).eval()
-    torch.manual_seed(0)
-    pointed = MT3Model(MT3Config(**TINY, dropout=0.0, time_pointer=True)).eval()
-    pointed.load_state_dict(plain.state_dict(), strict=False)
-    frames, tokens = torch.randn(2, 64, 512), torch.randint(0, 1536, (2, 9))
-    assert torch.equal(pointed(frames, tokens), plain(frames, tokens))
-    assert not any("time_pointer" in name for name in plain.state_dict())  # MT3's layout
 
 
 def test_shift_logits_add_the_score_of_the_frame_of_their_time() -> None:
@@ -75,18 +63,6 @@ def test_shift_logits_add_the_score_of_the_frame_of_their_time() -> None:
     torch.testing.assert_close(logits[..., others], plain[..., others], rtol=1e-5, atol=1e-5)
 
 
-def test_cached_decoding_with_the_pointer_equals_uncached() -> None:
-    model = pointer_model()
-    frames = torch.randn(3, 64, 512)
-    cached = model.generate(frames, max_length=24, use_cache=True)
-    assert torch.equal(cached, model.generate(frames, max_length=24, use_cache=False))
-    encoded = model.encoder(frames)
-    tokens = torch.randint(0, 1536, (3, 6))
-    cache = model.decoder.init_cache(encoded, 6)
-    steps = torch.stack([model.decoder.step(tokens[:, i], cache) for i in range(6)], dim=1)
-    torch.testing.assert_close(steps, model.decoder(tokens, encoded), rtol=1e-4, atol=1e-4)
-
-
 def test_the_zero_query_learns() -> None:
     torch.manual_seed(0)
     model = MT3Model(MT3Config(**TINY, time_pointer=True))
@@ -97,12 +73,3 @@ def test_the_zero_query_learns() -> None:
     )
     loss.backward()
     assert model.decoder.time_pointer.query.weight.grad.abs().sum() > 0
-
-
-def test_a_saved_model_with_the_pointer_loads_with_it(tmp_path) -> None:
-    model = pointer_model()
-    Transcriber(model).save(tmp_path / "exported")
-    loaded = Transcriber.from_checkpoint(tmp_path / "exported").model
-    assert loaded.config.time_pointer
-    frames, tokens = torch.randn(1, 64, 512), torch.randint(0, 1536, (1, 5))
-    assert torch.equal(loaded(frames, tokens), model(frames, tokens))

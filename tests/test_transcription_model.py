@@ -114,9 +114,31 @@ def test_input_conv_sees_only_neighbouring_frames() -> None:
         MT3Config.from_dict({"input_conv_kernel": 4})
 
 
-def test_kv_cached_decoding_equals_uncached() -> None:
-    torch.manual_seed(0)
-    model = MT3Model(TINY).eval()
+SMALL_MODEL_OPTIONS = [
+    {},
+    {"time_pointer": True},
+    {"pitch_from_frame": True},
+    {"time_pointer": True, "pitch_from_frame": True},
+]
+
+
+def model_with(options: dict[str, bool], seed: int = 0) -> MT3Model:
+    """A :data:`TINY` model with the small-model ``options``, their zero-initialised weights
+    (the pointer's query, the pitch read-out) made random so that they act."""
+    torch.manual_seed(seed)
+    model = MT3Model(MT3Config(**{**TINY.to_dict(), **options})).eval()
+    for head, name in (
+        (model.decoder.time_pointer, "query"),
+        (model.decoder.frame_pitch, "readout"),
+    ):
+        if head is not None:
+            torch.nn.init.normal_(getattr(head, name).weight, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("options", SMALL_MODEL_OPTIONS, ids=lambda o: "+".join(o) or "mt3")
+def test_kv_cached_decoding_equals_uncached(options: dict[str, bool]) -> None:
+    model = model_with(options)
     frames = torch.randn(3, 256, 512)
     cached = model.generate(frames, max_length=32, use_cache=True)
     assert torch.equal(cached, model.generate(frames, max_length=32, use_cache=False))
@@ -125,6 +147,27 @@ def test_kv_cached_decoding_equals_uncached() -> None:
     cache = model.decoder.init_cache(encoded, 9)
     steps = torch.stack([model.decoder.step(tokens[:, i], cache) for i in range(9)], dim=1)
     torch.testing.assert_close(steps, model.decoder(tokens, encoded), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("options", SMALL_MODEL_OPTIONS[1:], ids=lambda o: "+".join(o))
+def test_small_model_options_start_as_mt3_and_save_with_the_model(
+    options: dict[str, bool], tmp_path: Path
+) -> None:
+    """Untrained, an option's zero-initialised weights leave MT3's logits unchanged (and MT3's
+    own layout has none of its parameters); trained, an exported model reloads with it."""
+    torch.manual_seed(0)
+    plain = MT3Model(TINY).eval()
+    torch.manual_seed(0)
+    optioned = MT3Model(MT3Config(**{**TINY.to_dict(), **options})).eval()
+    optioned.load_state_dict(plain.state_dict(), strict=False)
+    frames, tokens = torch.randn(2, 64, 512), torch.randint(0, 1536, (2, 9))
+    assert torch.equal(optioned(frames, tokens), plain(frames, tokens))
+    assert not any("pointer" in n or "pitch" in n for n in plain.state_dict())
+    trained = model_with(options)
+    Transcriber(trained).save(tmp_path / "exported")
+    loaded = Transcriber.from_checkpoint(tmp_path / "exported").model
+    assert all(getattr(loaded.config, name) for name in options)
+    assert torch.equal(loaded(frames, tokens), trained(frames, tokens))
 
 
 def test_t5x_parameters_map_one_to_one() -> None:
