@@ -12,6 +12,7 @@ model's logits are exactly those without the pointer.
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
@@ -41,6 +42,7 @@ class TimePointer(nn.Module):
         self.first, self.last = token("shift", 0), token("shift", MAX_SHIFT_STEPS)
         frames = shift_frames(torch.arange(MAX_SHIFT_STEPS + 1)).to(torch.float32)
         self.register_buffer("frames", frames, persistent=False)
+        self._frame_list = frames.tolist()  # for counting on the host (no device sync per step)
 
     def keys(self, encoded: torch.Tensor) -> torch.Tensor:
         """Keys ``(B, T, d_model)`` of the encoder output ``(B, T, d_model)``."""
@@ -54,7 +56,7 @@ class TimePointer(nn.Module):
         shift ids. Shifts whose frame is at or past the last frame all get its score."""
         num_frames = keys.shape[1]
         scores = self.query(states) @ keys.transpose(1, 2) / math.sqrt(keys.shape[-1])
-        inside = int((self.frames < num_frames - 1).sum())  # frames grow with the shift
+        inside = bisect.bisect_left(self._frame_list, num_frames - 1)  # frames grow with the shift
         frames = self.frames[:inside].clamp(min=0)
         lower = frames.floor().long()
         weight = (frames - lower).to(scores.dtype)
