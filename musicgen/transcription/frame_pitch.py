@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from musicgen.transcription.time_pointer import shift_frames
+from musicgen.transcription.time_pointer import frame_neighbours, shift_frames
 from musicgen.transcription.vocabulary import MAX_SHIFT_STEPS, token
 
 NUM_PITCHES = 128
@@ -50,11 +50,8 @@ class FramePitchHead(nn.Module):
         """``logits`` ``(B, L, vocab)`` (float, changed in place) with the read-out of
         ``encoded`` ``(B, T, d_model)`` at the frames of ``steps`` ``(B, L)`` added to the
         pitch ids."""
-        num_frames = encoded.shape[1]
-        frames = shift_frames(steps).clamp(0, num_frames - 1).to(encoded.dtype)
-        lower = frames.floor().long()
-        upper = (lower + 1).clamp(max=num_frames - 1)
-        weight = (frames - lower)[..., None]
+        lower, upper, weight = frame_neighbours(shift_frames(steps), encoded.shape[1])
+        weight = weight.to(encoded.dtype)[..., None]
 
         def at(index: torch.Tensor) -> torch.Tensor:
             return encoded.gather(1, index[..., None].expand(-1, -1, encoded.shape[-1]))

@@ -32,6 +32,16 @@ def shift_frames(steps: torch.Tensor) -> torch.Tensor:
     return (samples - FFT_SIZE / 2) / HOP_LENGTH
 
 
+def frame_neighbours(
+    frames: torch.Tensor, num_frames: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Linear interpolation at fractional ``frames`` clamped to ``[0, num_frames - 1]``: the
+    lower and upper frame indices and the upper one's weight."""
+    frames = frames.clamp(0, num_frames - 1)
+    lower = frames.floor().long()
+    return lower, (lower + 1).clamp(max=num_frames - 1), frames - lower
+
+
 class TimePointer(nn.Module):
     """Adds ``query(state) . key(frame of the shift) / sqrt(d_model)`` to each shift logit."""
 
@@ -57,10 +67,9 @@ class TimePointer(nn.Module):
         num_frames = keys.shape[1]
         scores = self.query(states) @ keys.transpose(1, 2) / math.sqrt(keys.shape[-1])
         inside = bisect.bisect_left(self._frame_list, num_frames - 1)  # frames grow with the shift
-        frames = self.frames[:inside].clamp(min=0)
-        lower = frames.floor().long()
-        weight = (frames - lower).to(scores.dtype)
-        pointed = scores[..., lower] * (1 - weight) + scores[..., lower + 1] * weight
+        lower, upper, weight = frame_neighbours(self.frames[:inside], num_frames)
+        weight = weight.to(scores.dtype)
+        pointed = scores[..., lower] * (1 - weight) + scores[..., upper] * weight
         first, split = self.first, self.first + inside
         logits[..., first:split] += pointed.to(logits.dtype)
         logits[..., split : self.last + 1] += scores[..., -1:].to(logits.dtype)
