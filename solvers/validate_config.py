@@ -257,6 +257,7 @@ RULES: tuple[Rule, ...] = (
     Rule("solver.module.shift_position_init", "true or false", is_bool),
     Rule("solver.module.model.time_pointer", "true or false", is_bool),
     Rule("solver.module.model.pitch_from_frame", "true or false", is_bool),
+    Rule("solver.module.model.frame_input", "true or false", is_bool),
     Rule("solver.module.constrained_decoding", "true or false", is_bool),
     Rule("solver.module.shift_smoothing", "a number of 10 ms steps >= 0", number(0)),
     Rule("solver.module.roll_loss_weight", "a number >= 0", number(0)),

@@ -101,6 +101,7 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
     "solver.module.model.input_conv_kernel": ("mt3", ["-1", "4", "abc"]),
     "solver.module.model.time_pointer": ("mt3", ["maybe"]),
     "solver.module.model.pitch_from_frame": ("mt3", ["maybe"]),
+    "solver.module.model.frame_input": ("mt3", ["maybe"]),
     **{
         f"solver.module.{key}": (solver, ["0", "-1", "2.5", "abc"])
         for solver, keys in (

@@ -1,5 +1,6 @@
 """The frame pitch head (``MT3Config.pitch_from_frame``, not MT3): pitch logits gain a read-out
-of the encoder frame at the time of the latest ``shift`` in the decoder's input."""
+of the encoder frame at the time of the latest ``shift`` in the decoder's input; and the frame
+input (``MT3Config.frame_input``): that frame, projected, joins the decoder's input."""
 
 from __future__ import annotations
 
@@ -82,3 +83,28 @@ def test_pitch_logits_add_the_read_out_of_the_frame_at_the_current_time() -> Non
         torch.testing.assert_close(logits[0, position, PITCHES], expected, rtol=1e-5, atol=1e-5)
     others = [i for i in range(1536) if not PITCHES.start <= i < PITCHES.stop]
     torch.testing.assert_close(logits[..., others], plain[..., others], rtol=1e-5, atol=1e-5)
+
+
+def test_frame_input_adds_the_projected_frame_at_the_current_time_to_the_decoder_input() -> None:
+    """``MT3Config.frame_input`` (not MT3): every decoder input gains ``projection(e)``, ``e``
+    the encoder output at the frame of the time in force (as above); against a direct
+    computation, and zero-initialised so that an untrained model is MT3's."""
+    torch.manual_seed(0)
+    model = MT3Model(MT3Config(**TINY, dropout=0.0, frame_input=True)).eval()
+    assert not model.decoder.frame_input.projection.weight.any()
+    torch.nn.init.normal_(model.decoder.frame_input.projection.weight, std=0.5)
+    tokens = torch.tensor([[0, token("shift", 9), token("pitch", 60), token("shift", 900)]])
+    frames = torch.randn(1, 64, 512)
+    decoder = model.decoder
+    encoded = model.encoder(frames)
+    inputs = decoder.token_embedder(tokens) + decoder.positions[: tokens.shape[1]]
+    for position, step in enumerate([0, 9, 9, 900]):
+        frame = min(max(float(shift_frames(torch.tensor([step]))[0]), 0.0), 63.0)
+        low = math.floor(frame)
+        state = encoded[0, low] * (1 - (frame - low)) + encoded[0, min(low + 1, 63)] * (frame - low)
+        inputs[0, position] += decoder.frame_input.projection(state)
+    x = inputs
+    for layer in decoder.layers:
+        x = layer(x, layer.encoder_decoder_attention.keys_values(encoded))
+    expected = decoder.logits_dense(decoder.decoder_norm(x))
+    torch.testing.assert_close(model(frames, tokens), expected, rtol=1e-5, atol=1e-5)

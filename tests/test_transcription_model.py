@@ -119,6 +119,8 @@ SMALL_MODEL_OPTIONS = [
     {"time_pointer": True},
     {"pitch_from_frame": True},
     {"time_pointer": True, "pitch_from_frame": True},
+    {"frame_input": True},
+    {"time_pointer": True, "frame_input": True},
 ]
 
 
@@ -130,6 +132,7 @@ def model_with(options: dict[str, bool], seed: int = 0) -> MT3Model:
     for head, name in (
         (model.decoder.time_pointer, "query"),
         (model.decoder.frame_pitch, "readout"),
+        (model.decoder.frame_input, "projection"),
     ):
         if head is not None:
             torch.nn.init.normal_(getattr(head, name).weight, std=0.5)
@@ -162,7 +165,8 @@ def test_small_model_options_start_as_mt3_and_save_with_the_model(
     optioned.load_state_dict(plain.state_dict(), strict=False)
     frames, tokens = torch.randn(2, 64, 512), torch.randint(0, 1536, (2, 9))
     assert torch.equal(optioned(frames, tokens), plain(frames, tokens))
-    assert not any("pointer" in n or "pitch" in n for n in plain.state_dict())
+    option_modules = {"time_pointer", "frame_pitch", "frame_input"}
+    assert not any(option_modules & {*n.split(".")} for n in plain.state_dict())
     trained = model_with(options)
     Transcriber(trained).save(tmp_path / "exported")
     loaded = Transcriber.from_checkpoint(tmp_path / "exported").model

@@ -1,12 +1,13 @@
-"""Not MT3: pitch logits read from the input frame at the current time (small models).
+"""Not MT3: the encoder frame at the current time, read by the pitch logits or the decoder's input.
 
 After a ``shift`` token, MT3's decoder names the pitches that start (or end) at that time; it
 has to find the frame of that time through cross-attention first. With
 ``MT3Config.pitch_from_frame`` the pitch logits also get a linear read-out of the encoder output
 at the frame whose window is centred on the time of the latest ``shift`` in the decoder's input
 (:func:`~musicgen.transcription.time_pointer.shift_frames`, interpolated between frames and
-clamped to the segment; time 0 before any shift). The read-out starts at zero, so an untrained
-model's logits are exactly those without it.
+clamped to the segment; time 0 before any shift). With ``MT3Config.frame_input`` a projection
+of that frame is added to the decoder's input instead, so every decoder layer sees it. Both
+start at zero, so an untrained model's logits are exactly those without them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,31 @@ def current_steps(tokens: torch.Tensor, previous: torch.Tensor | None = None) ->
     return values.gather(1, latest)
 
 
+def frames_at_steps(encoded: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """Encoder output ``(B, T, d_model)`` at the frames of times ``steps`` ``(B, L)`` (10 ms
+    steps): the frame whose window is centred on each time, interpolated between frames and
+    clamped to the segment; ``(B, L, d_model)``."""
+    lower, upper, weight = frame_neighbours(shift_frames(steps), encoded.shape[1])
+    weight = weight.to(encoded.dtype)[..., None]
+
+    def at(index: torch.Tensor) -> torch.Tensor:
+        return encoded.gather(1, index[..., None].expand(-1, -1, encoded.shape[-1]))
+
+    return at(lower) * (1 - weight) + at(upper) * weight
+
+
+class FrameInput(nn.Module):
+    """A projection of the encoder frame at the current time, added to the decoder's input."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.projection = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, encoded: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """``(B, L, d_model)`` for ``encoded`` ``(B, T, d_model)`` and times ``steps`` ``(B, L)``."""
+        return self.projection(frames_at_steps(encoded, steps))
+
+
 class FramePitchHead(nn.Module):
     """Adds ``readout(encoder output at the current time's frame)`` to the pitch logits."""
 
@@ -50,12 +76,6 @@ class FramePitchHead(nn.Module):
         """``logits`` ``(B, L, vocab)`` (float, changed in place) with the read-out of
         ``encoded`` ``(B, T, d_model)`` at the frames of ``steps`` ``(B, L)`` added to the
         pitch ids."""
-        lower, upper, weight = frame_neighbours(shift_frames(steps), encoded.shape[1])
-        weight = weight.to(encoded.dtype)[..., None]
-
-        def at(index: torch.Tensor) -> torch.Tensor:
-            return encoded.gather(1, index[..., None].expand(-1, -1, encoded.shape[-1]))
-
-        states = at(lower) * (1 - weight) + at(upper) * weight
+        states = frames_at_steps(encoded, steps)
         logits[..., self.first : self.first + NUM_PITCHES] += self.readout(states).to(logits.dtype)
         return logits

@@ -50,7 +50,7 @@ from torch import nn
 
 from musicgen.checkpoint_io import first_line
 from musicgen.errors import UserError
-from musicgen.transcription.frame_pitch import FramePitchHead, current_steps
+from musicgen.transcription.frame_pitch import FrameInput, FramePitchHead, current_steps
 from musicgen.transcription.grammar import GrammarSpec, TokenGrammar
 from musicgen.transcription.t5x_checkpoint import read_t5x_checkpoint
 from musicgen.transcription.time_pointer import TimePointer
@@ -81,6 +81,9 @@ class MT3Config:
     # Not MT3: true adds a read-out of the encoder frame at the current time to the pitch
     # logits (:mod:`musicgen.transcription.frame_pitch`); false (MT3) keeps the t5x layout.
     pitch_from_frame: bool = False
+    # Not MT3: true adds a projection of the encoder frame at the current time to the decoder's
+    # input (:mod:`musicgen.transcription.frame_pitch`); false (MT3) keeps the t5x layout.
+    frame_input: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -285,6 +288,7 @@ class Decoder(nn.Module):
         self.logits_dense = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.time_pointer = TimePointer(cfg.d_model) if cfg.time_pointer else None
         self.frame_pitch = FramePitchHead(cfg.d_model) if cfg.pitch_from_frame else None
+        self.frame_input = FrameInput(cfg.d_model) if cfg.frame_input else None
         self.dropout = nn.Dropout(cfg.dropout)
 
     def _output(
@@ -309,11 +313,28 @@ class Decoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits ``(B, L, vocab)`` for decoder inputs ``(B, L)``."""
-        x = self.dropout(self.token_embedder(tokens) + self.positions[: tokens.shape[1]])
+        steps = current_steps(tokens) if self._needs_steps else None
+        x = self._inputs(tokens, self.positions[: tokens.shape[1]], encoded, steps)
         for layer in self.layers:
             x = layer(x, layer.encoder_decoder_attention.keys_values(encoded))
-        steps = current_steps(tokens) if self.frame_pitch is not None else None
         return self._output(x, self._time_keys(encoded), encoded, steps)
+
+    @property
+    def _needs_steps(self) -> bool:
+        return self.frame_pitch is not None or self.frame_input is not None
+
+    def _inputs(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        encoded: torch.Tensor,
+        steps: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Decoder inputs: token embeddings, positions and (option) the current time's frame."""
+        x = self.token_embedder(tokens) + positions
+        if self.frame_input is not None:
+            x = x + self.frame_input(encoded, steps)
+        return self.dropout(x)
 
     def init_cache(self, encoded: torch.Tensor, max_length: int) -> DecoderCache:
         batch = encoded.shape[0]
@@ -322,25 +343,25 @@ class Decoder(nn.Module):
             tuple(encoded.new_zeros(batch, kv.shape[1], max_length, kv.shape[3]) for kv in pair)
             for pair in cross
         ]
-        pitch = self.frame_pitch is not None
+        frames = self._needs_steps
         return DecoderCache(
             self_kv=empty,
             cross_kv=cross,
             time_keys=self._time_keys(encoded),
-            encoded=encoded if pitch else None,
-            steps=encoded.new_zeros(batch, dtype=torch.long) if pitch else None,
+            encoded=encoded if frames else None,
+            steps=encoded.new_zeros(batch, dtype=torch.long) if frames else None,
         )
 
     def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """Logits ``(B, vocab)`` after the next input tokens ``(B,)``; updates ``cache``."""
         t = cache.length
-        x = self.token_embedder(tokens[:, None]) + self.positions[t : t + 1]
-        for layer, cached, cross in zip(self.layers, cache.self_kv, cache.cross_kv, strict=True):
-            x = layer(x, cross, cached, t)
-        cache.length = t + 1
         if cache.steps is not None:
             cache.steps = current_steps(tokens[:, None], cache.steps)[:, 0]
         steps = None if cache.steps is None else cache.steps[:, None]
+        x = self._inputs(tokens[:, None], self.positions[t : t + 1], cache.encoded, steps)
+        for layer, cached, cross in zip(self.layers, cache.self_kv, cache.cross_kv, strict=True):
+            x = layer(x, cross, cached, t)
+        cache.length = t + 1
         return self._output(x, cache.time_keys, cache.encoded, steps)[:, 0]
 
 
@@ -383,6 +404,8 @@ class MT3Model(nn.Module):
             nn.init.zeros_(self.decoder.time_pointer.query.weight)
         if self.decoder.frame_pitch is not None:  # starts as the model without the read-out
             nn.init.zeros_(self.decoder.frame_pitch.readout.weight)
+        if self.decoder.frame_input is not None:  # starts as the model without the frame input
+            nn.init.zeros_(self.decoder.frame_input.projection.weight)
 
     def forward(self, frames: torch.Tensor, decoder_inputs: torch.Tensor) -> torch.Tensor:
         return self.decoder(decoder_inputs, self.encoder(frames))
