@@ -19,6 +19,15 @@ TINY = dict(
 PITCHES = slice(token("pitch", 0), token("pitch", 127) + 1)
 
 
+def expected_frame(encoded: torch.Tensor, step: int) -> torch.Tensor:
+    """Direct computation: the encoder output of the first item interpolated at the window
+    centre of ``step``'s time, clamped to the segment."""
+    last = encoded.shape[1] - 1
+    frame = min(max(float(shift_frames(torch.tensor([step]))[0]), 0.0), float(last))
+    low = math.floor(frame)
+    return encoded[0, low] * (1 - (frame - low)) + encoded[0, min(low + 1, last)] * (frame - low)
+
+
 def head_model(seed: int = 0, **options: bool) -> MT3Model:
     """A tiny model with the head, whose read-out is random (it starts at zero)."""
     torch.manual_seed(seed)
@@ -76,9 +85,7 @@ def test_pitch_logits_add_the_read_out_of_the_frame_at_the_current_time() -> Non
     for position, step in enumerate(
         [0, 0, 9, 9, 57, 900]
     ):  # frames -8 (clamped), 3.25, 63.25, past the end
-        frame = min(max(float(shift_frames(torch.tensor([step]))[0]), 0.0), 63.0)
-        low = math.floor(frame)
-        state = encoded[0, low] * (1 - (frame - low)) + encoded[0, min(low + 1, 63)] * (frame - low)
+        state = expected_frame(encoded, step)
         expected = plain[0, position, PITCHES] + decoder.frame_pitch.readout(state)
         torch.testing.assert_close(logits[0, position, PITCHES], expected, rtol=1e-5, atol=1e-5)
     others = [i for i in range(1536) if not PITCHES.start <= i < PITCHES.stop]
@@ -99,10 +106,7 @@ def test_frame_input_adds_the_projected_frame_at_the_current_time_to_the_decoder
     encoded = model.encoder(frames)
     inputs = decoder.token_embedder(tokens) + decoder.positions[: tokens.shape[1]]
     for position, step in enumerate([0, 9, 9, 900]):
-        frame = min(max(float(shift_frames(torch.tensor([step]))[0]), 0.0), 63.0)
-        low = math.floor(frame)
-        state = encoded[0, low] * (1 - (frame - low)) + encoded[0, min(low + 1, 63)] * (frame - low)
-        inputs[0, position] += decoder.frame_input.projection(state)
+        inputs[0, position] += decoder.frame_input.projection(expected_frame(encoded, step))
     x = inputs
     for layer in decoder.layers:
         x = layer(x, layer.encoder_decoder_attention.keys_values(encoded))
