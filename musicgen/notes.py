@@ -84,6 +84,26 @@ def trim_overlapping_notes(notes: np.ndarray) -> np.ndarray:
     return out[out[:, START] < out[:, END]]
 
 
+def merge_repeated_onsets(notes: np.ndarray, within: float) -> np.ndarray:
+    """Decoding cleanup for small models (not MT3's): a note whose onset comes less than
+    ``within`` seconds after the previous onset of the same (pitch, program, is_drum) is
+    dropped, and the note that starts its run (onsets each less than ``within`` apart) lasts
+    to the latest end of the run. The kept notes stay in their input order; ``within <= 0``
+    changes nothing."""
+    if within <= 0 or len(notes) < 2:
+        return notes
+    order = np.lexsort((notes[:, START], notes[:, IS_DRUM], notes[:, PROGRAM], notes[:, PITCH]))
+    ranked = notes[order]
+    key = ranked[:, [PITCH, PROGRAM, IS_DRUM]]
+    repeat = np.zeros(len(ranked), dtype=bool)
+    repeat[1:] = (key[1:] == key[:-1]).all(axis=1) & (np.diff(ranked[:, START]) < within)
+    run = np.cumsum(~repeat) - 1
+    kept = ranked[~repeat].copy()
+    for column in (END, TIED_END):
+        np.maximum.at(kept[:, column], run, ranked[:, column])
+    return kept[np.argsort(order[~repeat], kind="stable")]
+
+
 def window_notes(notes: np.ndarray, start: float, end: float, lead: float = 0.0) -> np.ndarray:
     """The notes of the crop ``[start, end)`` in track time, unclipped.
 

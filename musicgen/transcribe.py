@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         "helps small models; default: MT3's plain greedy decoding)",
     )
     parser.add_argument(
+        "--merge-repeats-ms",
+        type=float,
+        default=0.0,
+        help="merge same-pitch onsets (same program) less than this many ms apart into one note "
+        "(helps small models that repeat a note; default: 0, MT3's decoding)",
+    )
+    parser.add_argument(
         "--model-type",
         choices=sorted(MODEL_TYPES),
         help="mt3 (multi-instrument, 256-frame segments, ties) or ismir2021 (piano, 512 frames, "
@@ -57,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if not args.merge_repeats_ms >= 0:
+            raise UserError(f"--merge-repeats-ms {args.merge_repeats_ms} must be >= 0 ms")
         if not args.audio.is_file():
             raise UserError(f"audio file {args.audio} does not exist: pass the path of a recording")
         try:
@@ -70,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             max_length=args.max_length,
             grammar=args.grammar,
             model_type=args.model_type,
+            merge_repeats=args.merge_repeats_ms / 1000,
         )
         midi = transcriber.transcribe(wav.T, rate)
         args.midi.parent.mkdir(parents=True, exist_ok=True)

@@ -191,7 +191,9 @@ class MT3Solver(L.LightningModule):
     ``mix_probability`` (0 in MT3) is the chance that a training crop gets another crop of its
     batch added, audio and notes (:mod:`solvers.crop_mixing`);
     ``constrained_decoding`` decodes validation and test pieces with the token grammar of the
-    model type's format (:mod:`musicgen.transcription.grammar`) instead of plain greedy.
+    model type's format (:mod:`musicgen.transcription.grammar`) instead of plain greedy;
+    ``merge_repeats_ms`` > 0 (0 in MT3) merges their same-pitch onsets less than that apart
+    into one note (:func:`~musicgen.notes.merge_repeated_onsets`).
 
     ``model_type`` (:data:`~musicgen.transcription.transcriber.MODEL_TYPES`) sets the
     vocabulary, segment length, ties and default ``granularity``, as magenta/mt3's
@@ -216,6 +218,7 @@ class MT3Solver(L.LightningModule):
         timing_loss_weight: float = 1.0,
         mix_probability: float = 0.0,
         constrained_decoding: bool = False,
+        merge_repeats_ms: float = 0.0,
         dataset_name: str = "",
         model_type: str = "mt3",
     ) -> None:
@@ -373,6 +376,7 @@ class MT3Solver(L.LightningModule):
                 self.hparams.max_decode_length,
                 grammar=self.granularity if self.hparams.constrained_decoding else None,
                 model_type=self.model_type,
+                merge_repeats=self.hparams.merge_repeats_ms / 1000,
             )
             self._tracks[stage].append(
                 {

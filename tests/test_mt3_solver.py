@@ -258,6 +258,7 @@ def test_tiny_preset_trains_resumes_evaluates_and_transcribes(
     assert "resuming from" in resumed.stdout + resumed.stderr
     state = torch.load(ckpt, weights_only=True)
     assert state["global_step"] == 4 and state["hyper_parameters"]["model"]["d_model"] == 128
+    assert state["hyper_parameters"]["merge_repeats_ms"] == 50  # evaluate.py decodes with it
     assert list((run_dir / "logs").glob("version_*/media/*.mid"))
 
     run(

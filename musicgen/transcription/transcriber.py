@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from musicgen.audio import convert_audio
 from musicgen.checkpoint_io import check_solver, first_line, load_lightning_checkpoint
 from musicgen.errors import UserError
-from musicgen.notes import notes_to_midi
+from musicgen.notes import merge_repeated_onsets, notes_to_midi
 from musicgen.transcription.frontend import LogMelFrontend, split_track
 from musicgen.transcription.grammar import GrammarSpec, segment_max_shift
 from musicgen.transcription.model import MT3Config, MT3Model, model_from_t5x
@@ -104,10 +104,13 @@ def transcribe_track(
     use_cache: bool = True,
     grammar: Granularity | None = None,
     model_type: ModelType = MODEL_TYPES["mt3"],
+    merge_repeats: float = 0.0,
 ) -> DecodedNotes:
     """Notes of a mono 16 kHz track ``(N,)``: segments of the model type decoded in batches,
     then stitched; ``grammar``: the program granularity to constrain decoding with in the
-    type's token format (:meth:`ModelType.grammar`, :meth:`MT3Model.greedy_decode`)."""
+    type's token format (:meth:`ModelType.grammar`, :meth:`MT3Model.greedy_decode`);
+    ``merge_repeats`` > 0 (seconds; 0 is MT3's decoding) merges each run of same-pitch onsets
+    less than that apart into one note (:func:`~musicgen.notes.merge_repeated_onsets`)."""
     segments, frames = split_track(samples, model_type.segment_frames)
     spec = None if grammar is None else model_type.grammar(grammar)
     device = next(model.parameters()).device
@@ -118,7 +121,10 @@ def transcribe_track(
         )
         tokens += list(model.generate(inputs, max_length, use_cache, spec).cpu().numpy())
     origins = segment_origin_times(len(tokens), model_type.segment_frames)
-    return stitch_segments(tokens, origins, codec=model_type.codec, ties=model_type.ties)
+    decoded = stitch_segments(tokens, origins, codec=model_type.codec, ties=model_type.ties)
+    if merge_repeats <= 0:
+        return decoded
+    return replace(decoded, notes=merge_repeated_onsets(decoded.notes, merge_repeats))
 
 
 def _load_ckpt(path: Path) -> MT3Model:
@@ -173,7 +179,8 @@ def _load_t5x(path: Path) -> MT3Model:
 
 class Transcriber:
     """An :class:`MT3Model` with its front end and decoding settings (``grammar``: the program
-    granularity to constrain decoding with in the model type's token format, see
+    granularity to constrain decoding with in the model type's token format, and
+    ``merge_repeats``, seconds within which same-pitch onsets merge, see
     :func:`transcribe_track`; ``model_type``: a name in :data:`MODEL_TYPES`, by default read
     from the vocabulary size)."""
 
@@ -184,11 +191,13 @@ class Transcriber:
         max_length: int = 1024,
         grammar: Granularity | None = None,
         model_type: str | None = None,
+        merge_repeats: float = 0.0,
     ) -> None:
         self.model = model.eval()
         self.model_type = model_type_of(model, model_type)
         self.frontend = LogMelFrontend().to(next(model.parameters()).device)
         self.batch_size, self.max_length, self.grammar = batch_size, max_length, grammar
+        self.merge_repeats = merge_repeats
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu", **kwargs) -> Transcriber:
@@ -248,6 +257,7 @@ class Transcriber:
             use_cache,
             self.grammar,
             self.model_type,
+            self.merge_repeats,
         )
 
     def transcribe(
