@@ -122,8 +122,6 @@ def transcribe_track(
         tokens += list(model.generate(inputs, max_length, use_cache, spec).cpu().numpy())
     origins = segment_origin_times(len(tokens), model_type.segment_frames)
     decoded = stitch_segments(tokens, origins, codec=model_type.codec, ties=model_type.ties)
-    if merge_repeats <= 0:
-        return decoded
     return replace(decoded, notes=merge_repeated_onsets(decoded.notes, merge_repeats))
 
 
