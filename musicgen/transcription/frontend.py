@@ -107,17 +107,17 @@ class LogMelFrontend(nn.Module):
         self._sparse_filterbank: torch.Tensor | None = None
 
     def _to_mel(self, spec: torch.Tensor) -> torch.Tensor:
-        """``(B, bins, T)`` magnitudes -> ``(B, T, mels)``. On CPU through a sparse copy of the
-        filterbank (each FFT bin feeds at most two filters: ~8x faster than the dense product)."""
+        """``(B, T, bins)`` magnitudes -> ``(B, T, mels)``. On CPU through a sparse copy of the
+        filterbank (each FFT bin feeds at most two filters: ~3x faster than the dense product)."""
         if spec.device.type != "cpu":
-            return spec.transpose(-1, -2) @ self.filterbank
+            return spec @ self.filterbank
         if self._sparse_filterbank is None:
             with warnings.catch_warnings():  # "sparse CSR support is in beta"
                 warnings.simplefilter("ignore", UserWarning)
                 self._sparse_filterbank = self.filterbank.t().to_sparse_csr()
-        batch, bins, frames = spec.shape
-        mel = self._sparse_filterbank @ spec.transpose(0, 1).reshape(bins, batch * frames)
-        return mel.view(-1, batch, frames).permute(1, 2, 0)
+        batch, frames, bins = spec.shape
+        mel = self._sparse_filterbank @ spec.reshape(batch * frames, bins).t()
+        return mel.t().reshape(batch, frames, -1)
 
     def forward(
         self, samples: torch.Tensor, num_frames: torch.Tensor | None = None
@@ -129,16 +129,12 @@ class LogMelFrontend(nn.Module):
         length = samples.shape[-1]
         frames = math.ceil(length / HOP_LENGTH)
         padded = F.pad(samples, (0, (frames - 1) * HOP_LENGTH + FFT_SIZE - length))
-        spec = torch.stft(
-            padded.reshape(-1, padded.shape[-1]),
-            n_fft=FFT_SIZE,
-            hop_length=HOP_LENGTH,
-            window=self.window,
-            center=False,
-            return_complex=True,
-        ).abs()
-        mel = self._to_mel(spec)
-        logmel = torch.log(torch.where(mel <= 0, LOG_FLOOR, mel))
+        windows = padded.reshape(-1, padded.shape[-1]).unfold(-1, FFT_SIZE, HOP_LENGTH)
+        spectrum = torch.fft.rfft(windows * self.window)
+        # |z| as sqrt(re^2 + im^2): ~3x faster on CPU than complex abs (which rescales like hypot)
+        magnitude = (spectrum.real.square() + spectrum.imag.square()).sqrt_()
+        mel = self._to_mel(magnitude)
+        logmel = mel.masked_fill_(mel <= 0, LOG_FLOOR).log_()
         logmel = logmel.reshape(*samples.shape[:-1], frames, -1)
         if num_frames is not None:
             keep = (
