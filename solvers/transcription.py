@@ -122,7 +122,7 @@ def init_shifts_from_positions(model: MT3Model) -> None:
 
 
 def shift_smoothed_nll(logits: torch.Tensor, targets: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Per-token cross-entropy ``(B, L)`` where a ``shift`` target is a Gaussian (``sigma``
+    """Per-token cross-entropy (the shape of ``targets``) where a ``shift`` target is a Gaussian (``sigma``
     steps of 10 ms, cut at 3 sigma, renormalised within the shift range) over the shift tokens
     around it instead of one-hot: an early or late shift costs less the closer it is.
     Other targets keep the one-hot cross-entropy."""
@@ -294,24 +294,24 @@ class MT3Solver(L.LightningModule):
         (plus the weighted roll loss when ``rolls`` are given), and token accuracy."""
         inputs = F.pad(targets[:, :-1], (1, 0), value=PAD_ID)
         encoded = self.model.encoder(frames)
-        logits = self.model.decoder(inputs, encoded)
+        mask = targets != PAD_ID
+        logits = self.model.decoder(inputs, encoded, keep=mask)  # (N, vocab): padding skipped
+        targets = targets[mask]
         roll_loss = 0.0
         if rolls is not None:
             predicted = self.roll_head(encoded).unflatten(-1, (2, NUM_PITCHES)).transpose(1, 2)
             roll_loss = self.hparams.roll_loss_weight * F.binary_cross_entropy_with_logits(
                 predicted, rolls
             )
-        mask = targets != PAD_ID
         log_z = logits.logsumexp(-1)
         if self.hparams.shift_smoothing > 0:
             nll = shift_smoothed_nll(logits, targets, self.hparams.shift_smoothing)
         else:  # cross-entropy from the z-loss's logsumexp: one pass over the logits, no copy
             nll = log_z - logits.gather(-1, targets[..., None])[..., 0]
         per_token = nll + self.hparams.z_loss * log_z.square()
-        count = mask.sum().clamp(min=1)
-        accuracy = ((logits.argmax(-1) == targets) & mask).sum() / count
+        accuracy = (logits.argmax(-1) == targets).sum() / max(len(targets), 1)
         shift = (targets >= token("shift", 0)) & (targets <= token("shift", MAX_SHIFT_STEPS))
-        weights = torch.where(shift | (targets == EOS_ID), timing_weight, 1.0) * mask
+        weights = torch.where(shift | (targets == EOS_ID), timing_weight, 1.0)
         return (per_token * weights).sum() / weights.sum().clamp(min=1e-9) + roll_loss, accuracy
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -118,6 +118,29 @@ def test_loss_is_cross_entropy_plus_z_loss_over_real_tokens() -> None:
     assert accuracy == ((logits.argmax(-1) == targets) & mask).sum() / mask.sum()
 
 
+@pytest.mark.parametrize("option", ["time_pointer", "frame_input", "pitch_from_frame"])
+def test_loss_skips_padding_before_the_vocabulary_projection(option: str) -> None:
+    """The loss projects only real targets' positions (``keep``): the same logits there, and
+    the same loss, as the full ``(B, L, vocab)`` logits masked afterwards."""
+    mt3 = MT3Solver(model={**TINY, option: True}, optim={"name": "adamw", "lr": 1e-3})
+    with torch.no_grad():  # the pointer's query and the read-outs start at zero
+        for param in mt3.model.parameters():
+            param.normal_(0, 0.1)
+    frames = torch.randn(2, 256, 512)
+    shift = token("shift", 40)
+    targets = torch.tensor([[5, shift, 900, shift + 3, 1, 0], [7, shift, 1, 0, 0, 0]])
+    inputs = F.pad(targets[:, :-1], (1, 0), value=PAD_ID)
+    encoded = mt3.model.encoder(frames)
+    mask = targets != PAD_ID
+    full = mt3.model.decoder(inputs, encoded)
+    assert torch.allclose(mt3.model.decoder(inputs, encoded, keep=mask), full[mask], atol=1e-5)
+    loss, accuracy = mt3._loss(frames, targets)
+    nll = F.cross_entropy(full.transpose(1, 2), targets, reduction="none")
+    expected = ((nll + 1e-4 * full.logsumexp(-1).square()) * mask).sum() / mask.sum()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert accuracy == ((full.argmax(-1) == targets) & mask).sum() / mask.sum()
+
+
 def test_targets_longer_than_the_limit_are_skipped_not_cut() -> None:
     mt3 = solver(max_target_length=4)
     dense = torch.from_numpy(NOTES)  # its target has more than 4 tokens

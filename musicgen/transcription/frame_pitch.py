@@ -71,11 +71,18 @@ class FramePitchHead(nn.Module):
         self.first = token("pitch", 0)
 
     def forward(
-        self, logits: torch.Tensor, encoded: torch.Tensor, steps: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        encoded: torch.Tensor,
+        steps: torch.Tensor,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``logits`` ``(B, L, vocab)`` (float, changed in place) with the read-out of
         ``encoded`` ``(B, T, d_model)`` at the frames of ``steps`` ``(B, L)`` added to the
-        pitch ids."""
+        pitch ids. With ``keep`` (``(B, L)`` bool), ``logits`` are ``(N, vocab)``: those
+        positions only."""
         states = frames_at_steps(encoded, steps)
+        if keep is not None:
+            states = states[keep]
         logits[..., self.first : self.first + NUM_PITCHES] += self.readout(states).to(logits.dtype)
         return logits

@@ -297,27 +297,33 @@ class Decoder(nn.Module):
         time_keys: torch.Tensor | None,
         encoded: torch.Tensor | None,
         steps: torch.Tensor | None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of decoder outputs ``x``; ``time_keys`` for the time pointer, ``encoded`` and
-        the time ``steps`` in force at each position for the frame pitch head (when present)."""
+        the time ``steps`` in force at each position for the frame pitch head (when present);
+        only at the positions ``keep`` (``(N, vocab)``) when given."""
         states = self.dropout(self.decoder_norm(x))
-        logits = self.logits_dense(states).float()
+        logits = self.logits_dense(states if keep is None else states[keep]).float()
         if self.time_pointer is not None:
-            logits = self.time_pointer(logits, states, time_keys)
+            logits = self.time_pointer(logits, states, time_keys, keep)
         if self.frame_pitch is not None:
-            logits = self.frame_pitch(logits, encoded, steps)
+            logits = self.frame_pitch(logits, encoded, steps, keep)
         return logits
 
     def _time_keys(self, encoded: torch.Tensor) -> torch.Tensor | None:
         return None if self.time_pointer is None else self.time_pointer.keys(encoded)
 
-    def forward(self, tokens: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits ``(B, L, vocab)`` for decoder inputs ``(B, L)``."""
+    def forward(
+        self, tokens: torch.Tensor, encoded: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced logits ``(B, L, vocab)`` for decoder inputs ``(B, L)``; with ``keep``
+        (``(B, L)`` bool) only those positions' logits, ``(N, vocab)`` in row-major order (the
+        training loss skips the vocabulary projection of padding)."""
         steps = current_steps(tokens) if self._needs_steps else None
         x = self._inputs(tokens, self.positions[: tokens.shape[1]], encoded, steps)
         for layer in self.layers:
             x = layer(x, layer.encoder_decoder_attention.keys_values(encoded))
-        return self._output(x, self._time_keys(encoded), encoded, steps)
+        return self._output(x, self._time_keys(encoded), encoded, steps, keep)
 
     @property
     def _needs_steps(self) -> bool:

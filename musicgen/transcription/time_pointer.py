@@ -59,13 +59,20 @@ class TimePointer(nn.Module):
         return self.key(encoded)
 
     def forward(
-        self, logits: torch.Tensor, states: torch.Tensor, keys: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        states: torch.Tensor,
+        keys: torch.Tensor,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``logits`` ``(B, L, vocab)`` (float, changed in place) with the pointer scores of
         decoder ``states`` ``(B, L, d_model)`` over ``keys`` ``(B, T, d_model)`` added to the
-        shift ids. Shifts whose frame is at or past the last frame all get its score."""
+        shift ids. Shifts whose frame is at or past the last frame all get its score. With
+        ``keep`` (``(B, L)`` bool), ``logits`` are ``(N, vocab)``: those positions only."""
         num_frames = keys.shape[1]
         scores = self.query(states) @ keys.transpose(1, 2) / math.sqrt(keys.shape[-1])
+        if keep is not None:
+            scores = scores[keep]
         inside = bisect.bisect_left(self._frame_list, num_frames - 1)  # frames grow with the shift
         lower, upper, weight = frame_neighbours(self.frames[:inside], num_frames)
         weight = weight.to(scores.dtype)
