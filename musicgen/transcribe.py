@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(helps small models that repeat a note; default: 0, MT3's decoding)",
     )
     parser.add_argument(
+        "--min-onset-prob",
+        type=float,
+        default=0.0,
+        help="leave out note onsets the model gave less than this probability (in [0, 1); helps "
+        "small models that emit unsure notes; default: 0, MT3's decoding)",
+    )
+    parser.add_argument(
         "--model-type",
         choices=sorted(MODEL_TYPES),
         help="mt3 (multi-instrument, 256-frame segments, ties) or ismir2021 (piano, 512 frames, "
@@ -66,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.merge_repeats_ms >= 0:
             raise UserError(f"--merge-repeats-ms {args.merge_repeats_ms} must be >= 0 ms")
+        if not 0 <= args.min_onset_prob < 1:
+            raise UserError(f"--min-onset-prob {args.min_onset_prob} must be in [0, 1)")
         if not args.audio.is_file():
             raise UserError(f"audio file {args.audio} does not exist: pass the path of a recording")
         try:
@@ -80,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             grammar=args.grammar,
             model_type=args.model_type,
             merge_repeats=args.merge_repeats_ms / 1000,
+            min_onset_probability=args.min_onset_prob,
         )
         midi = transcriber.transcribe(wav.T, rate)
         args.midi.parent.mkdir(parents=True, exist_ok=True)

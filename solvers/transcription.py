@@ -193,6 +193,8 @@ class MT3Solver(L.LightningModule):
     batch added, audio and notes (:mod:`solvers.crop_mixing`);
     ``constrained_decoding`` decodes validation and test pieces with the token grammar of the
     model type's format (:mod:`musicgen.transcription.grammar`) instead of plain greedy;
+    ``min_onset_probability`` > 0 (0 in MT3) leaves out their note onsets that the model gave
+    less than that probability (:class:`~musicgen.transcription.tokenize.NoteDecoder`), then
     ``merge_repeats_ms`` > 0 (0 in MT3) merges their same-pitch onsets less than that apart
     into one note (:func:`~musicgen.notes.merge_repeated_onsets`).
 
@@ -220,6 +222,7 @@ class MT3Solver(L.LightningModule):
         mix_probability: float = 0.0,
         constrained_decoding: bool = False,
         merge_repeats_ms: float = 0.0,
+        min_onset_probability: float = 0.0,
         dataset_name: str = "",
         model_type: str = "mt3",
     ) -> None:
@@ -378,6 +381,7 @@ class MT3Solver(L.LightningModule):
                 grammar=self.granularity if self.hparams.constrained_decoding else None,
                 model_type=self.model_type,
                 merge_repeats=self.hparams.merge_repeats_ms / 1000,
+                min_onset_probability=self.hparams.min_onset_probability,
             )
             self._tracks[stage].append(
                 {

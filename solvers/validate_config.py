@@ -262,6 +262,11 @@ RULES: tuple[Rule, ...] = (
     Rule("solver.module.shift_smoothing", "a number of 10 ms steps >= 0", number(0)),
     Rule("solver.module.roll_loss_weight", "a number >= 0", number(0)),
     Rule("solver.module.merge_repeats_ms", "a number of milliseconds >= 0", number(0)),
+    Rule(
+        "solver.module.min_onset_probability",
+        "a number in [0, 1)",
+        number(0, 1, open_high=True),
+    ),
     Rule("solver.module.timing_loss_weight", "a number > 0", number(0, open_low=True)),
     Rule("solver.module.mix_probability", PROBABILITY, number(0, 1)),
     Rule(

@@ -97,6 +97,7 @@ SWEEP: dict[str, tuple[str, list[str]]] = {
     "solver.module.shift_smoothing": ("mt3", ["-1", "abc"]),
     "solver.module.roll_loss_weight": ("mt3", ["-1", "abc"]),
     "solver.module.merge_repeats_ms": ("mt3", ["-1", "abc"]),
+    "solver.module.min_onset_probability": ("mt3", ["-0.1", "1", "abc"]),
     "solver.module.timing_loss_weight": ("mt3", ["0", "-1", "abc"]),
     "solver.module.mix_probability": ("mt3", ["-0.1", "1.5", "abc"]),
     "solver.module.model.input_conv_kernel": ("mt3", ["-1", "4", "abc"]),

@@ -437,9 +437,11 @@ class MT3Model(nn.Module):
         max_length: int = 1024,
         use_cache: bool = True,
         grammar: Granularity | GrammarSpec | None = None,
-    ) -> torch.Tensor:
+        with_log_probs: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Greedy transcription of log-mel frames ``(B, T, 512)``; see :meth:`greedy_decode`."""
-        return self.greedy_decode(self.encoder(frames), max_length, use_cache, grammar)
+        encoded = self.encoder(frames)
+        return self.greedy_decode(encoded, max_length, use_cache, grammar, with_log_probs)
 
     @torch.no_grad()
     def greedy_decode(
@@ -448,12 +450,15 @@ class MT3Model(nn.Module):
         max_length: int = 1024,
         use_cache: bool = True,
         grammar: Granularity | GrammarSpec | None = None,
-    ) -> torch.Tensor:
+        with_log_probs: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``(B, max_length)`` model ids decoded from encoder outputs, each row ending at its
         first EOS and PAD after it (or cut at ``max_length``). With ``grammar`` (the model's
         token format, :class:`GrammarSpec`, or for MT3's format the program granularity it was
         trained with) tokens its targets never hold are masked
-        (:mod:`musicgen.transcription.grammar`); ``None`` is MT3's plain greedy."""
+        (:mod:`musicgen.transcription.grammar`); ``None`` is MT3's plain greedy. With
+        ``with_log_probs``, also the model's log-probability of each decoded id ``(B,
+        max_length)``, from its unmasked softmax (0 at PAD)."""
         batch = encoded.shape[0]
         tokens = torch.full((batch, 1), PAD_ID, dtype=torch.long, device=encoded.device)
         done = torch.zeros(batch, dtype=torch.bool, device=encoded.device)
@@ -461,21 +466,30 @@ class MT3Model(nn.Module):
         state = None
         if grammar is not None:
             state = TokenGrammar(batch, self.config.vocab_size, grammar, encoded.device)
+        scores = []
         for _ in range(max_length):
             if cache is not None:
                 logits = self.decoder.step(tokens[:, -1], cache)
             else:
                 logits = self.decoder(tokens, encoded)[:, -1]
+            raw = logits
             if state is not None:
                 logits = logits.masked_fill(~state.allowed(), float("-inf"))
             following = torch.where(done, PAD_ID, logits.argmax(-1))
+            if with_log_probs:
+                chosen = raw.log_softmax(-1).gather(-1, following[:, None])[:, 0]
+                scores.append(chosen.masked_fill(done, 0.0))
             if state is not None:
                 state.update(following)
             tokens = torch.cat([tokens, following[:, None]], dim=1)
             done |= following == EOS_ID
             if bool(done.all()):
                 break
-        return F.pad(tokens[:, 1:], (0, max_length + 1 - tokens.shape[1]), value=PAD_ID)
+        padding = (0, max_length + 1 - tokens.shape[1])
+        tokens = F.pad(tokens[:, 1:], padding, value=PAD_ID)
+        if not with_log_probs:
+            return tokens
+        return tokens, F.pad(torch.stack(scores, dim=1), padding, value=0.0)
 
 
 def t5x_name(torch_name: str) -> str:

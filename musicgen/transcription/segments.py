@@ -115,6 +115,8 @@ def stitch_segments(
     end_time: float | None = None,
     codec: Codec = MT3_CODEC,
     ties: bool = True,
+    log_probs: Sequence[Sequence[float] | np.ndarray] | None = None,
+    min_onset_probability: float = 0.0,
 ) -> DecodedNotes:
     """Decode the token sequences of consecutive segments into one track's notes.
 
@@ -122,16 +124,20 @@ def stitch_segments(
     :func:`segment_origin_times`). Segments are decoded in start order with one state, each
     cut off at the next one's start; notes sounding at a segment end continue when the next
     segment's tie section names them and end at its ``tie`` otherwise. Notes still sounding
-    after the last segment end as in :meth:`NoteDecoder.finish`. ``codec`` and ``ties``: see
-    :class:`NoteDecoder`.
+    after the last segment end as in :meth:`NoteDecoder.finish`. ``codec``, ``ties`` and
+    ``min_onset_probability`` (with ``log_probs``, the model's log-probability of each token of
+    each segment): see :class:`NoteDecoder`.
     """
     if start_times is None:
         start_times = segment_origin_times(len(segment_tokens))
     if len(start_times) != len(segment_tokens):
         raise ValueError(f"{len(segment_tokens)} segments but {len(start_times)} start times")
     order = np.argsort(np.asarray(start_times, dtype=np.float64), kind="stable")
-    decoder = NoteDecoder(codec, ties)
+    decoder = NoteDecoder(codec, ties, min_onset_probability)
     for rank, i in enumerate(order):
         max_time = float(start_times[order[rank + 1]]) if rank + 1 < len(order) else None
-        decoder.decode_segment(segment_tokens[i], float(start_times[i]), max_time)
-    return DecodedNotes(decoder.finish(end_time), decoder.invalid, decoder.dropped)
+        scores = None if log_probs is None else log_probs[i]
+        decoder.decode_segment(segment_tokens[i], float(start_times[i]), max_time, scores)
+    return DecodedNotes(
+        decoder.finish(end_time), decoder.invalid, decoder.dropped, decoder.unsure
+    )

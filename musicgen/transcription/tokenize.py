@@ -40,6 +40,7 @@ default). Times are kept in integer microseconds so that segment boundaries comp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -212,11 +213,13 @@ def notes_to_tokens(notes: np.ndarray, granularity: Granularity = "full") -> np.
 
 @dataclass
 class DecodedNotes:
-    """Notes decoded from tokens, with MT3's counts of invalid and dropped tokens."""
+    """Notes decoded from tokens, with MT3's counts of invalid and dropped tokens and the
+    count of onsets left out as unsure (``min_onset_probability``; not MT3)."""
 
     notes: np.ndarray
     invalid: int = 0
     dropped: int = 0
+    unsure: int = 0
 
 
 def _us(seconds: float) -> int:
@@ -230,12 +233,22 @@ class NoteDecoder:
     event codec; ``ties``: segments open with a tie section (MT3's ``NoteEncodingWithTiesSpec``);
     without (the ISMIR 2021 piano model's ``NoteEncodingSpec``) notes simply carry on across
     segments and a ``tie`` is invalid.
+
+    ``min_onset_probability`` > 0 (not MT3): a segment decoded with the model's log-probability
+    of each token leaves out every note onset (a ``pitch`` after a velocity > 0, outside the tie
+    section) the model gave less than that probability, as if its token were absent: a note of
+    that pitch already sounding carries on, and the left-out note's own note-off and ties are
+    consumed without counting as invalid. ``unsure`` counts the onsets left out. Drums are kept.
     """
 
-    def __init__(self, codec: Codec = MT3_CODEC, ties: bool = True) -> None:
+    def __init__(
+        self, codec: Codec = MT3_CODEC, ties: bool = True, min_onset_probability: float = 0.0
+    ) -> None:
         self.codec, self.ties = codec, ties
+        self.min_onset_log_prob = math.log(min_onset_probability) if min_onset_probability else None
         self.invalid = 0
         self.dropped = 0
+        self.unsure = 0
         self._now = 0  # microseconds, time of the last decoded event
         self._velocity = DEFAULT_VELOCITY
         self._program = 0
@@ -244,16 +257,24 @@ class NoteDecoder:
         self._tied: set[tuple[int, int]] = set()
         self._in_tie_section = False
         self._rows: list[tuple[int, int, int, int, int, int]] = []
+        self._unsure: set[tuple[int, int]] = set()  # keys whose onset was left out
+        self._unsure_tied: set[tuple[int, int]] = set()
 
     def decode_segment(
-        self, tokens: Sequence[int] | np.ndarray, start_time: float, max_time: float | None = None
+        self,
+        tokens: Sequence[int] | np.ndarray,
+        start_time: float,
+        max_time: float | None = None,
+        log_probs: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         """Decode one segment's model ids; shifts count from ``start_time`` (seconds). Tokens
-        after a shift beyond ``max_time`` are dropped; decoding stops at ``EOS``."""
+        after a shift beyond ``max_time`` are dropped; decoding stops at ``EOS``. ``log_probs``
+        (one per token): the model's log-probability of each, for ``min_onset_probability``."""
         ids = [int(t) for t in tokens]
         if EOS_ID in ids:
             ids = ids[: ids.index(EOS_ID)]
-        self._tied = set()
+        threshold = None if log_probs is None else self.min_onset_log_prob
+        self._tied, self._unsure_tied = set(), set()
         self._in_tie_section = self.ties
         start = _us(start_time)
         limit = None if max_time is None else _us(max_time)
@@ -272,26 +293,38 @@ class NoteDecoder:
                     break
                 continue
             steps = 0
+            unsure = threshold is not None and float(log_probs[i]) < threshold
             try:
-                self._apply(kind, value, now)
+                self._apply(kind, value, now, unsure)
             except ValueError:
                 self.invalid += 1
 
-    def _apply(self, kind: str, value: int, now: int) -> None:
+    def _apply(self, kind: str, value: int, now: int, unsure: bool = False) -> None:
         if now < self._now:
             raise ValueError("event before the previous event")
         self._now = now
         if kind == "pitch":
             key = (value, self._program)
             if self._in_tie_section:
+                if key in self._unsure and key not in self._active:
+                    self._unsure_tied.add(key)
+                    return
                 if key not in self._active or key in self._tied:
                     raise ValueError("tie of a silent or already tied pitch")
                 self._tied.add(key)
             elif self._velocity == 0:
                 if key not in self._active:
+                    if key in self._unsure:
+                        self._unsure.discard(key)
+                        return
                     raise ValueError("note-off of a silent pitch")
+                self._unsure.discard(key)
                 self._end(key, now)
+            elif unsure:
+                self._unsure.add(key)
+                self.unsure += 1
             else:
+                self._unsure.discard(key)
                 if key in self._active:
                     self._end(key, now)
                 self._active[key] = (now, self._velocity)
@@ -308,6 +341,7 @@ class NoteDecoder:
                 raise ValueError("tie outside the tie section")
             for key in [k for k in self._active if k not in self._tied]:
                 self._end(key, self._now)
+            self._unsure &= self._unsure_tied | self._active.keys()
             self._in_tie_section = False
 
     def _end(self, key: tuple[int, int], end: int) -> None:

@@ -105,23 +105,38 @@ def transcribe_track(
     grammar: Granularity | None = None,
     model_type: ModelType = MODEL_TYPES["mt3"],
     merge_repeats: float = 0.0,
+    min_onset_probability: float = 0.0,
 ) -> DecodedNotes:
     """Notes of a mono 16 kHz track ``(N,)``: segments of the model type decoded in batches,
     then stitched; ``grammar``: the program granularity to constrain decoding with in the
-    type's token format (:meth:`ModelType.grammar`, :meth:`MT3Model.greedy_decode`);
-    ``merge_repeats`` > 0 (seconds; 0 is MT3's decoding) merges each run of same-pitch onsets
-    less than that apart into one note (:func:`~musicgen.notes.merge_repeated_onsets`)."""
+    type's token format (:meth:`ModelType.grammar`, :meth:`MT3Model.greedy_decode`).
+    Not MT3 (0 is MT3's decoding): ``min_onset_probability`` > 0 leaves out the onsets the
+    model gave less than that probability (:class:`NoteDecoder`); ``merge_repeats`` > 0
+    (seconds) then merges each run of same-pitch onsets less than that apart into one note
+    (:func:`~musicgen.notes.merge_repeated_onsets`)."""
     segments, frames = split_track(samples, model_type.segment_frames)
     spec = None if grammar is None else model_type.grammar(grammar)
     device = next(model.parameters()).device
-    tokens = []
+    scored = min_onset_probability > 0
+    tokens, log_probs = [], []
     for start in range(0, len(segments), batch_size):
         inputs = frontend(
             segments[start : start + batch_size].to(device), frames[start : start + batch_size]
         )
-        tokens += list(model.generate(inputs, max_length, use_cache, spec).cpu().numpy())
+        decoded = model.generate(inputs, max_length, use_cache, spec, with_log_probs=scored)
+        if scored:
+            decoded, scores = decoded
+            log_probs += list(scores.cpu().numpy())
+        tokens += list(decoded.cpu().numpy())
     origins = segment_origin_times(len(tokens), model_type.segment_frames)
-    decoded = stitch_segments(tokens, origins, codec=model_type.codec, ties=model_type.ties)
+    decoded = stitch_segments(
+        tokens,
+        origins,
+        codec=model_type.codec,
+        ties=model_type.ties,
+        log_probs=log_probs if scored else None,
+        min_onset_probability=min_onset_probability,
+    )
     return replace(decoded, notes=merge_repeated_onsets(decoded.notes, merge_repeats))
 
 
@@ -177,10 +192,10 @@ def _load_t5x(path: Path) -> MT3Model:
 
 class Transcriber:
     """An :class:`MT3Model` with its front end and decoding settings (``grammar``: the program
-    granularity to constrain decoding with in the model type's token format, and
-    ``merge_repeats``, seconds within which same-pitch onsets merge, see
-    :func:`transcribe_track`; ``model_type``: a name in :data:`MODEL_TYPES`, by default read
-    from the vocabulary size)."""
+    granularity to constrain decoding with in the model type's token format,
+    ``merge_repeats``, seconds within which same-pitch onsets merge, and
+    ``min_onset_probability``, below which onsets are left out, see :func:`transcribe_track`;
+    ``model_type``: a name in :data:`MODEL_TYPES`, by default read from the vocabulary size)."""
 
     def __init__(
         self,
@@ -190,12 +205,13 @@ class Transcriber:
         grammar: Granularity | None = None,
         model_type: str | None = None,
         merge_repeats: float = 0.0,
+        min_onset_probability: float = 0.0,
     ) -> None:
         self.model = model.eval()
         self.model_type = model_type_of(model, model_type)
         self.frontend = LogMelFrontend().to(next(model.parameters()).device)
         self.batch_size, self.max_length, self.grammar = batch_size, max_length, grammar
-        self.merge_repeats = merge_repeats
+        self.merge_repeats, self.min_onset_probability = merge_repeats, min_onset_probability
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu", **kwargs) -> Transcriber:
@@ -256,6 +272,7 @@ class Transcriber:
             self.grammar,
             self.model_type,
             self.merge_repeats,
+            self.min_onset_probability,
         )
 
     def transcribe(
