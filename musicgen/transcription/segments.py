@@ -138,6 +138,4 @@ def stitch_segments(
         max_time = float(start_times[order[rank + 1]]) if rank + 1 < len(order) else None
         scores = None if log_probs is None else log_probs[i]
         decoder.decode_segment(segment_tokens[i], float(start_times[i]), max_time, scores)
-    return DecodedNotes(
-        decoder.finish(end_time), decoder.invalid, decoder.dropped, decoder.unsure
-    )
+    return DecodedNotes(decoder.finish(end_time), decoder.invalid, decoder.dropped, decoder.unsure)
