@@ -123,11 +123,11 @@ def transcribe_track(
         inputs = frontend(
             segments[start : start + batch_size].to(device), frames[start : start + batch_size]
         )
-        decoded = model.generate(inputs, max_length, use_cache, spec, with_log_probs=scored)
+        out = model.generate(inputs, max_length, use_cache, spec, with_log_probs=scored)
         if scored:
-            decoded, scores = decoded
+            out, scores = out
             log_probs += list(scores.cpu().numpy())
-        tokens += list(decoded.cpu().numpy())
+        tokens += list(out.cpu().numpy())
     origins = segment_origin_times(len(tokens), model_type.segment_frames)
     decoded = stitch_segments(
         tokens,
